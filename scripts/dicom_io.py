@@ -1,0 +1,267 @@
+"""Reading DICOM files robustly: sniffing, header-only reads, pixel presence and truncation.
+
+Every failure is turned into a :class:`FileProblem` with a short, stable ``reason``
+so callers can record it as data instead of crashing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from dataclasses import dataclass, field
+
+import pydicom
+import pydicom.config
+from pydicom.dataset import Dataset
+
+# Malformed vendor values must not flood logs (they may hold patient data) or raise
+# while reading; each value is validated later, one element at a time.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+
+PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+"""PixelData, FloatPixelData and DoubleFloatPixelData."""
+
+_LONG_LENGTH_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN", b"SQ", b"UT", b"UC", b"UR"}
+
+_MAGIC = (
+    (b"\x1f\x8b", "gzip archive"),
+    (b"PK\x03\x04", "zip archive"),
+    (b"\x89PNG", "PNG image"),
+    (b"\xff\xd8\xff", "JPEG image"),
+    (b"%PDF", "PDF document"),
+    (b"GIF8", "GIF image"),
+    (b"II*\x00", "TIFF image"),
+    (b"MM\x00*", "TIFF image"),
+    (b"BZh", "bzip2 archive"),
+    (b"\xfd7zXZ", "xz archive"),
+)
+
+
+class FileProblem(Exception):
+    """A file that cannot be indexed as a DICOM instance, with a stable reason category."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class HeaderRead:
+    """The header of one instance plus what we learnt about its pixel data without reading it."""
+
+    dataset: Dataset
+    has_pixels: bool
+    warnings: list[tuple[str, str]] = field(default_factory=list)
+
+
+def describe_magic(head: bytes) -> str:
+    """Name the kind of a non-DICOM file from its first bytes, for the errors table."""
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    sample = head[:256]
+    if sample and all(32 <= b < 127 or b in (9, 10, 13) for b in sample):
+        return "text file"
+    return "unrecognised binary data"
+
+
+def looks_like_raw_dataset(head: bytes) -> bool:
+    """Tell whether bytes could start a DICOM dataset stored without preamble and file meta.
+
+    Such files (old ACR-NEMA style exports) begin directly with a group 0x0002 or
+    0x0008 element, in little- or big-endian, explicit or implicit VR.
+    """
+    if len(head) < 8:
+        return False
+    for fmt in ("<HH", ">HH"):
+        group, element = struct.unpack(fmt, head[:4])
+        if group in (0x0002, 0x0008) and element < 0x0100:
+            return True
+    return False
+
+
+class _ShortReadRecorder(io.RawIOBase):
+    """File wrapper that remembers reads which returned fewer bytes than asked (truncation)."""
+
+    def __init__(self, raw: io.BufferedReader):
+        self._raw = raw
+        self.short_reads: list[tuple[int, int]] = []
+        self.name = raw.name
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        if size is not None and size > 0 and len(data) < size:
+            self.short_reads.append((size, len(data)))
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+
+def _was_truncated(short_reads: list[tuple[int, int]]) -> bool:
+    """A read cut off mid-value means the file ended early; a clean 0-byte read at EOF does not."""
+    return any(got > 0 for _, got in short_reads) or any(
+        asked not in (4, 8) for asked, got in short_reads
+    )
+
+
+def _expected_pixel_bytes(ds: Dataset) -> int | None:
+    """Bytes that native (uncompressed) pixel data must hold, from the image pixel module."""
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if bits == 1:
+        return (rows * columns * frames * samples + 7) // 8
+    return rows * columns * frames * samples * (bits // 8)
+
+
+def _pixel_element_header(fp, ds: Dataset) -> tuple[int, int | None] | None:
+    """Read the tag and length of the element where a header-only read stopped.
+
+    Returns ``(tag, length)`` with ``length`` None for undefined length (encapsulated),
+    or None when the file ends there or holds no pixel element.
+    """
+    start = fp.tell()
+    head = fp.read(12)
+    fp.seek(start)
+    if len(head) < 8:
+        return None
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:
+        implicit, little = ds.is_implicit_VR, ds.is_little_endian
+    endian = "<" if little in (True, None) else ">"
+    group, element = struct.unpack(endian + "HH", head[:4])
+    tag = group << 16 | element
+    if tag not in PIXEL_TAGS:
+        return None
+    if implicit:
+        (length,) = struct.unpack(endian + "L", head[4:8])
+        header_size = 8
+    elif head[4:6] in _LONG_LENGTH_VRS:
+        if len(head) < 12:
+            return None
+        (length,) = struct.unpack(endian + "L", head[8:12])
+        header_size = 12
+    else:
+        (length,) = struct.unpack(endian + "H", head[6:8])
+        header_size = 8
+    fp.seek(start + header_size)
+    return tag, (None if length == 0xFFFFFFFF else length)
+
+
+def read_header(path: str | os.PathLike) -> HeaderRead:
+    """Read a DICOM header without its pixel data, and check the pixel data's presence and size.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The file to read.
+
+    Returns
+    -------
+    HeaderRead
+        The dataset (with ``file_meta``), whether pixel data is present, and warnings
+        as ``(reason, detail)`` pairs for problems that leave the header usable.
+
+    Raises
+    ------
+    FileProblem
+        When the file is empty, not DICOM, cut off inside its header, or unparseable.
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        raise FileProblem("empty_file", "file has 0 bytes")
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed in finally
+    except OSError as exc:
+        raise FileProblem("unreadable_file", f"{type(exc).__name__}: {exc.strerror}") from exc
+    try:
+        head = raw.read(132)
+        raw.seek(0)
+        has_preamble = len(head) >= 132 and head[128:132] == b"DICM"
+        if not has_preamble and not looks_like_raw_dataset(head):
+            raise FileProblem("not_dicom", f"no DICM marker; looks like {describe_magic(head)}")
+        fp = _ShortReadRecorder(raw)
+        try:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not has_preamble)
+        except FileProblem:
+            raise
+        except Exception as exc:  # pydicom raises many types on corrupt input
+            reason = "truncated" if _was_truncated(fp.short_reads) else "unreadable_header"
+            raise FileProblem(reason, f"{type(exc).__name__}: {short_message(exc)}") from exc
+        if _was_truncated(fp.short_reads):
+            raise FileProblem(
+                "truncated", f"file ends inside the header ({size} bytes); dataset is incomplete"
+            )
+        if len(ds) == 0:
+            raise FileProblem("unreadable_header", "no data elements could be parsed")
+        if not has_preamble and not _plausible_raw_dataset(ds):
+            raise FileProblem(
+                "not_dicom", "no DICM marker and no DICOM identifiers in the parsed data"
+            )
+        return _with_pixel_facts(ds, fp, size)
+    finally:
+        raw.close()
+
+
+def _plausible_raw_dataset(ds: Dataset) -> bool:
+    """A preamble-less file counts as DICOM only if it names its class, instance or modality."""
+    for keyword in ("SOPClassUID", "SOPInstanceUID", "Modality", "StudyInstanceUID"):
+        try:
+            if keyword in ds and str(ds[keyword].value).strip():
+                return True
+        except Exception:  # noqa: BLE001 - a value that cannot even be decoded proves nothing
+            continue
+    return False
+
+
+def _with_pixel_facts(ds: Dataset, fp, size: int) -> HeaderRead:
+    """Find whether pixel data follows the header and whether all its bytes are there."""
+    warnings: list[tuple[str, str]] = []
+    element = _pixel_element_header(fp, ds)
+    if element is None:
+        return HeaderRead(ds, has_pixels=False, warnings=warnings)
+    _, length = element
+    available = size - fp.tell()
+    if length is None:
+        has_pixels = available > 0
+        if not has_pixels:
+            warnings.append(("truncated", "encapsulated pixel data has no bytes"))
+        return HeaderRead(ds, has_pixels=has_pixels, warnings=warnings)
+    if length == 0:
+        return HeaderRead(ds, has_pixels=False, warnings=warnings)
+    expected = _expected_pixel_bytes(ds)
+    if available < length:
+        warnings.append(
+            ("truncated", f"pixel data declares {length} bytes but file holds {available}")
+        )
+    elif expected is not None and length < expected:
+        warnings.append(
+            (
+                "truncated",
+                f"pixel data holds {length} bytes, image needs {expected}",
+            )
+        )
+    return HeaderRead(ds, has_pixels=True, warnings=warnings)
+
+
+def short_message(exc: BaseException, limit: int = 200) -> str:
+    """One line of an exception message, bounded, for the errors table."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

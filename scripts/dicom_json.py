@@ -1,0 +1,91 @@
+"""The whole header as the DICOM JSON model (PS3.18 F.2), one element at a time.
+
+``Dataset.to_json_dict`` raises for a whole file when a single vendor value is
+malformed; here a bad element is kept as raw bytes (vr ``UN``, InlineBinary) and
+reported, so one bad element never costs the rest of the header.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+
+BULK_THRESHOLD = 1024
+"""Binary values longer than this many bytes are bulk data and left out."""
+
+_BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
+
+
+def _is_bulk(tag: int, vr: str | None, length: int) -> bool:
+    """Pixel data, overlay data and large binary values are bulk data."""
+    if tag in (0x7FE00010, 0x7FE00008, 0x7FE00009) or (tag >> 16) & 0xFF01 == 0x6000 and (
+        tag & 0xFFFF
+    ) == 0x3000:
+        return True
+    return (vr in _BINARY_VRS or vr is None) and length > BULK_THRESHOLD
+
+
+def _raw_length(raw) -> int:
+    """Length in bytes of a raw or converted element's value, for the bulk rule."""
+    if isinstance(raw, RawDataElement):
+        return 0 if raw.length == 0xFFFFFFFF else raw.length
+    value = raw.value
+    return len(value) if isinstance(value, (bytes, bytearray)) else 0
+
+
+def dataset_to_json_dict(ds: Dataset, problems: list[str], prefix: str = "") -> dict:
+    """Convert a dataset to a DICOM JSON dict, collecting one message per element kept raw.
+
+    Parameters
+    ----------
+    ds : Dataset
+        Header to convert; file meta is not included (pass ``ds.file_meta`` separately).
+    problems : list of str
+        Receives ``"(gggg,eeee) VR: message"`` for each element that failed to convert.
+    prefix : str
+        Path of enclosing sequence items, used in problem messages.
+    """
+    out: dict = {}
+    for tag in sorted(ds.keys()):
+        raw = ds.get_item(tag)
+        vr = getattr(raw, "VR", None)
+        if _is_bulk(int(tag), vr, _raw_length(raw)):
+            continue
+        key = f"{int(tag):08X}"
+        try:
+            elem = ds[tag]
+            if elem.VR == "SQ":
+                items = [
+                    dataset_to_json_dict(item, problems, f"{prefix}{key}[{i}].")
+                    for i, item in enumerate(elem.value)
+                ]
+                out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+            elif elem.VR in _BINARY_VRS and _is_bulk(int(tag), elem.VR, _raw_length(elem)):
+                continue
+            else:
+                entry = elem.to_json_dict(None, BULK_THRESHOLD)
+                json.dumps(entry, allow_nan=False)  # values must serialise as standard JSON
+                out[key] = entry
+        except Exception as exc:  # noqa: BLE001 - any vendor oddity becomes a raw element
+            problems.append(f"{prefix}{key} {vr}: {type(exc).__name__}: {exc}"[:300])
+            raw_bytes = raw.value if isinstance(raw, RawDataElement) else None
+            if isinstance(raw_bytes, (bytes, bytearray)):
+                out[key] = {
+                    "vr": "UN",
+                    "InlineBinary": base64.b64encode(bytes(raw_bytes)).decode("ascii"),
+                }
+    return out
+
+
+def header_json(ds: Dataset) -> tuple[str, list[str]]:
+    """Serialise file meta and dataset as one compact, key-sorted DICOM JSON object."""
+    problems: list[str] = []
+    model = {}
+    file_meta = getattr(ds, "file_meta", None)
+    if file_meta is not None:
+        model.update(dataset_to_json_dict(file_meta, problems))
+    model.update(dataset_to_json_dict(ds, problems))
+    return json.dumps(model, sort_keys=True, separators=(",", ":")), problems

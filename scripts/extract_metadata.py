@@ -1,0 +1,149 @@
+"""Read the headers of one shard of files into typed instance rows and error rows.
+
+Header-only reads; pixel data is never decoded here. Every file in the shard ends up
+either as an instance row or as an error row of severity ``error``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import table_schema
+from dicom_io import FileProblem, HeaderRead, read_header
+from dicom_json import header_json
+
+log = logging.getLogger("extract_metadata")
+
+
+def _element_value(header: HeaderRead, keyword: str):
+    """Raw pydicom value of a keyword, looking in file meta for group 0002 keywords."""
+    ds = header.dataset
+    if keyword == "TransferSyntaxUID":
+        meta = getattr(ds, "file_meta", None)
+        return meta.get("TransferSyntaxUID") if meta is not None else None
+    if keyword not in ds:
+        return None
+    return ds[keyword].value
+
+
+def instance_row(
+    path: str, file_size: int, header: HeaderRead, keywords: Sequence[str]
+) -> tuple[dict, list[tuple[str, str]]]:
+    """One typed row for ``instances.parquet`` plus ``(reason, detail)`` warnings.
+
+    Malformed values become null with a ``malformed_value`` warning instead of failing.
+    """
+    warnings = list(header.warnings)
+    row: dict = {"path": path, "file_size": file_size, "has_pixels": header.has_pixels}
+    for keyword in keywords:
+        try:
+            row[keyword] = table_schema.convert_value(_element_value(header, keyword), keyword)
+        except Exception as exc:  # noqa: BLE001 - vendor values fail in many ways
+            row[keyword] = None
+            warnings.append(("malformed_value", f"{keyword}: {type(exc).__name__}: {exc}"[:300]))
+    if row.get("NumberOfFrames") is None:
+        row["NumberOfFrames"] = 1
+    text, problems = header_json(header.dataset)
+    row["header_json"] = text
+    warnings += [("malformed_value", f"header_json kept raw: {p}") for p in problems]
+    missing = [u for u in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not row[u]]
+    if missing:
+        warnings.append(("empty_uid", f"empty or missing: {', '.join(missing)}"))
+    return row, warnings
+
+
+def extract_file(
+    study: Path, path: str, file_size: int, keywords: Sequence[str]
+) -> tuple[dict | None, list[dict]]:
+    """Index one file: its instance row (or None) and its error rows."""
+    try:
+        header = read_header(study / path)
+    except FileProblem as problem:
+        return None, [_error(path, problem.reason, problem.detail, "error")]
+    except Exception as exc:  # noqa: BLE001 - last resort: a file never stops the shard
+        return None, [_error(path, "unreadable_header", f"{type(exc).__name__}: {exc}", "error")]
+    try:
+        row, warnings = instance_row(path, file_size, header, keywords)
+    except Exception as exc:  # noqa: BLE001
+        return None, [_error(path, "unreadable_header", f"{type(exc).__name__}: {exc}", "error")]
+    return row, [_error(path, reason, detail, "warning") for reason, detail in warnings]
+
+
+def _error(path: str, reason: str, detail: str, severity: str) -> dict:
+    return {
+        "path": path,
+        "reason": reason,
+        "detail": detail[:500],
+        "severity": severity,
+        "stage": "extract",
+    }
+
+
+def read_shard(shard: Path) -> list[tuple[str, int]]:
+    """The ``(path, file_size)`` entries of a shard list written by scan_study."""
+    entries = []
+    for line in shard.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            item = json.loads(line)
+            entries.append((item["path"], int(item["file_size"])))
+    return entries
+
+
+def extract_shard(
+    study: Path, entries: Sequence[tuple[str, int]], extra_keywords: Sequence[str] = ()
+):
+    """Index every file of a shard; returns ``(instances table, errors table)`` sorted by path."""
+    keywords = table_schema.instance_keywords(extra_keywords)
+    rows, errors = [], []
+    for path, size in sorted(entries):
+        row, file_errors = extract_file(study, path, size, keywords)
+        if row is not None:
+            rows.append(row)
+        errors.extend(file_errors)
+    schema = table_schema.instances_schema(extra_keywords)
+    errors.sort(key=lambda e: (e["path"], e["severity"], e["reason"], e["detail"]))
+    return (
+        table_schema.table_from_rows(rows, schema),
+        table_schema.table_from_rows(errors, table_schema.ERRORS_SCHEMA),
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", required=True, type=Path)
+    parser.add_argument("--shard", required=True, type=Path, help="shard list from scan_study")
+    parser.add_argument("--instances", required=True, help="output instances Parquet")
+    parser.add_argument("--errors", required=True, help="output errors Parquet")
+    parser.add_argument("--keyword", action="append", default=[], help="extra DICOM keyword")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Extract one shard; exit 2 with one line on an unknown extra keyword."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        table_schema.instance_keywords(args.keyword)
+    except ValueError as exc:
+        print(f"extract_metadata: {exc}", file=sys.stderr)
+        return 2
+    entries = read_shard(args.shard)
+    instances, errors = extract_shard(args.study, entries, args.keyword)
+    for target in (args.instances, args.errors):
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    table_schema.write_table(instances, args.instances)
+    table_schema.write_table(errors, args.errors)
+    log.info(
+        "%d files: %d instances, %d error rows", len(entries), instances.num_rows, errors.num_rows
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Patient-space geometry: slice normals, orientation labels, spatial sorting, spacing checks.
+
+Positions are ImagePositionPatient projected on the slice normal (the cross product
+of ImageOrientationPatient's row and column directions), never file order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ORIENTATION_TOLERANCE = 1e-3
+"""Two ImageOrientationPatient vectors within this (max abs difference) are one orientation."""
+
+SPACING_TOLERANCE = 0.05
+"""Gaps within 5 % (and at least 0.01 mm) of the median gap count as uniform spacing."""
+
+PLANE_THRESHOLD = 0.8
+"""A normal whose largest component is at least this names its plane; below it is oblique."""
+
+
+def _as_orientation(orientation) -> np.ndarray:
+    arr = np.asarray(orientation, dtype=float)
+    if arr.shape != (6,):
+        raise ValueError(
+            f"Argument 'orientation' must have shape (6,), got {arr.shape}"
+        )
+    return arr
+
+
+def slice_normal(orientation) -> np.ndarray:
+    """Unit normal of the slice plane from ImageOrientationPatient (row × column)."""
+    arr = _as_orientation(orientation)
+    normal = np.cross(arr[:3], arr[3:])
+    norm = np.linalg.norm(normal)
+    if norm < 1e-6:
+        raise ValueError(f"Argument 'orientation' has parallel row and column vectors: {arr}")
+    return normal / norm
+
+
+def orientation_label(orientation) -> str:
+    """Name the plane: axial, coronal, sagittal, or oblique when no axis dominates the normal."""
+    normal = np.abs(slice_normal(orientation))
+    axis = int(np.argmax(normal))
+    if normal[axis] < PLANE_THRESHOLD:
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]
+
+
+def same_orientation(a, b, tol: float = ORIENTATION_TOLERANCE) -> bool:
+    """True when two ImageOrientationPatient values agree within ``tol``."""
+    return bool(np.max(np.abs(_as_orientation(a) - _as_orientation(b))) <= tol)
+
+
+def project_positions(positions, orientation) -> np.ndarray:
+    """Signed distance (mm) of each ImagePositionPatient along the slice normal.
+
+    Parameters
+    ----------
+    positions : (N, 3) array_like of float
+    orientation : (6,) array_like of float
+
+    Returns
+    -------
+    (N,) ndarray of float64
+    """
+    arr = np.asarray(positions, dtype=float)
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(f"Argument 'positions' must have shape (N, 3), got {arr.shape}")
+    return arr @ slice_normal(orientation)
+
+
+def get_plane_sort_index(positions, orientation) -> list[int]:
+    """Indices that put slices in patient order (ascending along the normal), stable for ties."""
+    return [int(i) for i in np.argsort(project_positions(positions, orientation), kind="stable")]
+
+
+@dataclass(frozen=True)
+class SpacingReport:
+    """Geometry checks over one stack's projected slice positions."""
+
+    slice_spacing: float | None
+    uniform_spacing: bool
+    missing_slices: int
+    duplicate_positions: int
+
+
+def check_spacing(projections) -> SpacingReport:
+    """Median gap, uniformity, missing-slice count and duplicate count of slice positions.
+
+    A gap that is close to a whole multiple (≥ 2) of the median gap counts as that many
+    minus one missing slices. Positions closer than 1 % of the spacing are duplicates.
+    """
+    z = np.sort(np.asarray(projections, dtype=float))
+    if z.ndim != 1:
+        raise ValueError(f"Argument 'projections' must be 1-D, got shape {z.shape}")
+    if len(z) < 2:
+        return SpacingReport(None, True, 0, 0)
+    gaps = np.diff(z)
+    positive = gaps[gaps > 1e-3]
+    if len(positive) == 0:
+        return SpacingReport(None, False, 0, int(len(z) - 1))
+    spacing = float(np.median(positive))
+    duplicates = int(np.sum(gaps <= max(1e-3, 0.01 * spacing)))
+    tol = max(0.01, SPACING_TOLERANCE * spacing)
+    ratios = positive / spacing
+    multiples = np.rint(ratios)
+    missing = int(np.sum(np.where((multiples >= 2) & (np.abs(positive - multiples * spacing) <= tol), multiples - 1, 0)))
+    uniform = bool(np.all(np.abs(positive - spacing) <= tol)) and duplicates == 0
+    return SpacingReport(round(spacing, 6), uniform, missing, duplicates)
+
+
+def frame_positions(ds) -> np.ndarray | None:
+    """Per-frame ImagePositionPatient of a (multi-frame) header, or None when unknown.
+
+    Handles enhanced objects (PerFrame/SharedFunctionalGroupsSequence) and RT dose
+    grids (GridFrameOffsetVector along the normal).
+    """
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame:
+        positions = []
+        for item in per_frame:
+            plane = item.get("PlanePositionSequence")
+            if not plane or "ImagePositionPatient" not in plane[0]:
+                return None
+            positions.append([float(v) for v in plane[0].ImagePositionPatient])
+        return np.asarray(positions, dtype=float)
+    origin = ds.get("ImagePositionPatient")
+    if origin is None or len(origin) != 3:
+        return None
+    origin = np.asarray([float(v) for v in origin])
+    offsets = ds.get("GridFrameOffsetVector")
+    orientation = frame_orientation(ds)
+    if offsets is not None and orientation is not None and len(offsets) == frames:
+        normal = slice_normal(orientation)
+        return origin + np.outer([float(v) for v in offsets], normal)
+    if frames == 1:
+        return origin[None, :]
+    return None
+
+
+def frame_orientation(ds) -> list[float] | None:
+    """ImageOrientationPatient of a header, from the top level or the shared functional groups."""
+    value = ds.get("ImageOrientationPatient")
+    if value is None:
+        for seq_name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+            seq = ds.get(seq_name)
+            if seq and "PlaneOrientationSequence" in seq[0]:
+                value = seq[0].PlaneOrientationSequence[0].get("ImageOrientationPatient")
+                break
+    if value is None or len(value) != 6:
+        return None
+    return [float(v) for v in value]
+
+
+def pixel_spacing(ds) -> list[float] | None:
+    """Row and column spacing in mm: PixelSpacing, functional groups, ImagerPixelSpacing,
+    or ultrasound region deltas (cm, converted); None when the header gives none."""
+    candidates = [ds.get("PixelSpacing")]
+    for seq_name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        seq = ds.get(seq_name)
+        if seq and "PixelMeasuresSequence" in seq[0]:
+            candidates.append(seq[0].PixelMeasuresSequence[0].get("PixelSpacing"))
+    candidates.append(ds.get("ImagerPixelSpacing"))
+    for value in candidates:
+        try:
+            if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
+                return [float(value[0]), float(value[1])]
+        except (TypeError, ValueError):
+            continue
+    regions = ds.get("SequenceOfUltrasoundRegions")
+    if regions:
+        region = regions[0]
+        try:
+            dx, dy = float(region.PhysicalDeltaX), float(region.PhysicalDeltaY)
+            if dx > 0 and dy > 0:
+                return [abs(dy) * 10.0, abs(dx) * 10.0]
+        except (AttributeError, TypeError, ValueError):
+            pass
+    return None

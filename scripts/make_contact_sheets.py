@@ -1,0 +1,159 @@
+"""Draw one labelled contact sheet PNG per series of a batch from its thumbnails.
+
+The title names modality, series number, description, instance count and spacing;
+never patient name, ID or birth date. Tiles are labelled with slice position.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import imageio.v3 as iio
+import matplotlib
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import table_schema
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - backend must be chosen first
+
+log = logging.getLogger("make_contact_sheets")
+
+SHEETS_SCHEMA = pa.schema(
+    [
+        ("series_key", pa.string()),
+        ("sheet_path", pa.string()),
+        ("n_tiles", pa.int64()),
+    ]
+)
+
+TILE_INCHES = 2.6
+DPI = 100
+
+
+def grid_shape(n_tiles: int) -> tuple[int, int]:
+    """``(rows, columns)`` of a near-square grid holding ``n_tiles`` (at least 1×1)."""
+    if n_tiles < 1:
+        return 1, 1
+    columns = math.ceil(math.sqrt(n_tiles))
+    return math.ceil(n_tiles / columns), columns
+
+
+def sample_evenly(items: list, count: int) -> list:
+    """At most ``count`` items spread evenly over the list, first and last included."""
+    if count <= 0 or len(items) <= count:
+        return list(items)
+    if count == 1:
+        return [items[len(items) // 2]]
+    step = (len(items) - 1) / (count - 1)
+    return [items[round(i * step)] for i in range(count)]
+
+
+def sheet_title(series: dict) -> str:
+    """Two-line title with series facts only (no patient identifiers)."""
+    number = series.get("SeriesNumber")
+    head = " · ".join(
+        str(p)
+        for p in (
+            series.get("Modality") or "?",
+            f"series {number}" if number is not None else None,
+            series.get("SeriesDescription"),
+        )
+        if p
+    )
+    facts = [f"{series['n_instances']} instance(s)"]
+    if series.get("n_frames") and series["n_frames"] != series["n_instances"]:
+        facts.append(f"{series['n_frames']} frames")
+    if series.get("orientation"):
+        facts.append(series["orientation"])
+    if series.get("slice_spacing") is not None:
+        facts.append(f"spacing {series['slice_spacing']:.2f} mm")
+    return head + "\n" + " · ".join(facts)
+
+
+def tile_label(row: dict) -> str:
+    """Slice label: position along the normal in mm, else the frame's index in the stack."""
+    where = f"#{row['index'] + 1}/{row['n_in_plane']}"
+    if row.get("position_mm") is not None:
+        return f"{row['plane']} {row['position_mm']:+.1f} mm  {where}"
+    return f"{row['plane']} {where}"
+
+
+def draw_sheet(series: dict, tiles: list[tuple], target: Path) -> None:
+    """Draw tiles ``(image, label)`` in a grid under the series title and save as PNG."""
+    n_rows, n_cols = grid_shape(len(tiles))
+    fig = plt.figure(
+        figsize=(n_cols * TILE_INCHES, n_rows * TILE_INCHES + 0.7), dpi=DPI, facecolor="black"
+    )
+    fig.suptitle(sheet_title(series), color="white", fontsize=10, y=0.995, va="top")
+    top = 1 - 0.7 / (n_rows * TILE_INCHES + 0.7)
+    grid = fig.add_gridspec(
+        n_rows, n_cols, left=0.01, right=0.99, bottom=0.01, top=top, wspace=0.04, hspace=0.12
+    )
+    for i, (image, label) in enumerate(tiles):
+        ax = fig.add_subplot(grid[i // n_cols, i % n_cols])
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
+        ax.set_title(label, color="#dddddd", fontsize=7, pad=2)
+        ax.set_axis_off()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp.png")
+    fig.savefig(tmp, dpi=DPI, facecolor="black", metadata={"Software": None})
+    plt.close(fig)
+    os.replace(tmp, target)
+
+
+def make_sheets(
+    results: Path, manifest: pa.Table, rendered: set[str], series: list[dict], max_tiles: int
+) -> pa.Table:
+    """Draw the sheet of every series from its rendered thumbnails; returns the sheets table."""
+    rows_by_key: dict[str, list[dict]] = {}
+    for row in manifest.to_pylist():
+        if row["png_path"] in rendered:
+            rows_by_key.setdefault(row["series_key"], []).append(row)
+    facts = {s["series_key"]: s for s in series}
+    out = []
+    for key in sorted(rows_by_key):
+        rows = sorted(rows_by_key[key], key=lambda r: (r["plane"], r["index"]))
+        chosen = sample_evenly(rows, max_tiles)
+        tiles = [(iio.imread(results / r["png_path"]), tile_label(r)) for r in chosen]
+        sheet = f"contact_sheets/{key}.png"
+        draw_sheet(facts[key], tiles, results / sheet)
+        out.append({"series_key": key, "sheet_path": sheet, "n_tiles": len(tiles)})
+    return table_schema.table_from_rows(out, SHEETS_SCHEMA)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", required=True, type=Path)
+    parser.add_argument("--manifest", required=True, help="slice manifest of the batch")
+    parser.add_argument("--thumbnails", required=True, help="thumbnails table of the batch")
+    parser.add_argument("--series", required=True, help="series.parquet")
+    parser.add_argument("--tiles", type=int, default=16, help="most tiles per sheet")
+    parser.add_argument("--out", required=True, help="sheets table to write")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Draw one batch's contact sheets."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    manifest = pq.read_table(args.manifest)
+    keys = sorted(set(manifest.column("series_key").to_pylist()))
+    series = pq.read_table(args.series, filters=[("series_key", "in", keys)]).to_pylist() if keys else []
+    rendered = set(pq.read_table(args.thumbnails, columns=["png_path"]).column(0).to_pylist())
+    table = make_sheets(args.results, manifest, rendered, series, args.tiles)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    table_schema.write_table(table, args.out)
+    log.info("%d contact sheets drawn", table.num_rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

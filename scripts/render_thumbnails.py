@@ -1,0 +1,128 @@
+"""Render each saved slice of a batch as a viewer-like PNG thumbnail at true aspect.
+
+Window: a configured CT preset, else the header's first WindowCenter/Width, else a
+robust percentile window shared by the series' saved slices. MONOCHROME1 is inverted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import rendering
+import table_schema
+
+log = logging.getLogger("render_thumbnails")
+
+THUMBNAILS_SCHEMA = pa.schema(
+    [
+        ("series_key", pa.string()),
+        ("npy_path", pa.string()),
+        ("png_path", pa.string()),
+        ("window_source", pa.string()),
+        ("window_center_used", pa.float64()),
+        ("window_width_used", pa.float64()),
+        ("png_height", pa.int64()),
+        ("png_width", pa.int64()),
+    ]
+)
+
+
+def choose_window(
+    row: dict, series_values: list[np.ndarray], ct_window: Sequence[float] | None
+) -> tuple[tuple[float, float], str]:
+    """Pick the VOI window for a slice and say where it came from."""
+    if ct_window and row["value_units"] == "HU":
+        return (float(ct_window[0]), float(ct_window[1])), "preset"
+    if row.get("window_center") is not None and row.get("window_width") is not None:
+        return (row["window_center"], row["window_width"]), "header"
+    pooled = np.concatenate([v.ravel() for v in series_values]) if series_values else np.array([])
+    return rendering.robust_window(pooled), "percentile"
+
+
+def render_slice(
+    values: np.ndarray, row: dict, window: tuple[float, float] | None, size: int
+) -> np.ndarray:
+    """uint8 grey or RGB thumbnail of one saved slice, resampled to true aspect."""
+    if values.ndim == 3:
+        image = rendering.colour_to_uint8(values)
+    else:
+        image = rendering.render_grey(values, window, row["photometric"] == "MONOCHROME1")
+    shape = (values.shape[0], values.shape[1])
+    return rendering.resample(image, rendering.display_size(shape, row["pixel_spacing_mm"], size))
+
+
+def write_png(image: np.ndarray, target: Path) -> None:
+    """Write a PNG atomically; Pillow's PNG writer adds no timestamp, so bytes are stable."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    iio.imwrite(tmp, image, extension=".png")
+    os.replace(tmp, target)
+
+
+def render_batch(results: Path, manifest: pa.Table, size: int, ct_window=None) -> pa.Table:
+    """Render every slice in a batch manifest; returns the thumbnails table."""
+    rows = manifest.to_pylist()
+    by_series: dict[str, list[dict]] = {}
+    for row in rows:
+        by_series.setdefault(row["series_key"], []).append(row)
+    out = []
+    for key in sorted(by_series):
+        series_rows = by_series[key]
+        values = [np.load(results / r["npy_path"]) for r in series_rows]
+        grey = [v for v in values if v.ndim == 2]
+        for row, arr in zip(series_rows, values):
+            window, source = (None, "colour")
+            if arr.ndim == 2:
+                window, source = choose_window(row, grey, ct_window)
+            image = render_slice(arr, row, window, size)
+            write_png(image, results / row["png_path"])
+            out.append(
+                {
+                    "series_key": key,
+                    "npy_path": row["npy_path"],
+                    "png_path": row["png_path"],
+                    "window_source": source,
+                    "window_center_used": window[0] if window else None,
+                    "window_width_used": window[1] if window else None,
+                    "png_height": int(image.shape[0]),
+                    "png_width": int(image.shape[1]),
+                }
+            )
+    return table_schema.table_from_rows(out, THUMBNAILS_SCHEMA)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", required=True, type=Path)
+    parser.add_argument("--manifest", required=True, help="slice manifest of the batch")
+    parser.add_argument("--size", type=int, default=256, help="longest side in pixels")
+    parser.add_argument(
+        "--ct-window", type=float, nargs=2, metavar=("CENTER", "WIDTH"), default=None
+    )
+    parser.add_argument("--out", required=True, help="thumbnails table to write")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Render one batch's thumbnails."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    table = render_batch(args.results, pq.read_table(args.manifest), args.size, args.ct_window)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    table_schema.write_table(table, args.out)
+    log.info("%d thumbnails rendered", table.num_rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Pixel values and viewer-like rendering.
+
+Order as a viewer does it: modality LUT (rescale) → VOI window → MONOCHROME1
+inversion → colour → resample to true aspect from the pixel spacing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+PERCENTILE_WINDOW = (0.5, 99.5)
+"""Robust window used when the header gives none: these percentiles of the values."""
+
+
+def _functional_item(ds, sequence: str, frame: int):
+    """First item of a functional-group macro for a frame (per-frame first, then shared)."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and frame < len(per_frame) and sequence in per_frame[frame]:
+        return per_frame[frame][sequence][0]
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared and sequence in shared[0]:
+        return shared[0][sequence][0]
+    return None
+
+
+def rescale_parameters(ds, frame: int = 0) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept, from the top level or the functional groups."""
+    source = ds if "RescaleSlope" in ds or "RescaleIntercept" in ds else None
+    if source is None:
+        source = _functional_item(ds, "PixelValueTransformationSequence", frame)
+    slope = float(source.get("RescaleSlope", 1) or 1) if source is not None else 1.0
+    intercept = float(source.get("RescaleIntercept", 0) or 0) if source is not None else 0.0
+    if ds.get("Modality") == "RTDOSE" and "DoseGridScaling" in ds:
+        slope *= float(ds.DoseGridScaling)
+    return slope, intercept
+
+
+def modality_values(arr: np.ndarray, ds, frame: int = 0) -> np.ndarray:
+    """Stored values → modality values (e.g. HU), as float32; a Modality LUT wins over rescale.
+
+    Parameters
+    ----------
+    arr : (rows, columns) ndarray of int
+    ds : Dataset
+        Header of the instance the frame came from.
+    """
+    if ds.get("ModalityLUTSequence"):
+        from pydicom.pixels import apply_modality_lut
+
+        return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+    slope, intercept = rescale_parameters(ds, frame)
+    return (arr.astype(np.float64) * slope + intercept).astype(np.float32)
+
+
+def value_units(ds, frame: int = 0) -> str:
+    """Units of modality values: RescaleType, HU for CT, DoseUnits, PET Units, else 'US'."""
+    item = _functional_item(ds, "PixelValueTransformationSequence", frame)
+    rescale_type = ds.get("RescaleType") or (item.get("RescaleType") if item else None)
+    if rescale_type:
+        return str(rescale_type)
+    modality = ds.get("Modality")
+    if modality == "CT":
+        return "HU"
+    if modality == "RTDOSE" and ds.get("DoseUnits"):
+        return str(ds.DoseUnits)
+    if modality == "PT" and ds.get("Units"):
+        return str(ds.Units)
+    return "US"
+
+
+def header_window(ds, frame: int = 0) -> tuple[float, float] | None:
+    """First WindowCenter/WindowWidth pair, top level or functional groups; None if absent."""
+    source = ds if "WindowCenter" in ds and "WindowWidth" in ds else None
+    if source is None:
+        source = _functional_item(ds, "FrameVOILUTSequence", frame)
+    if source is None or "WindowCenter" not in source or "WindowWidth" not in source:
+        return None
+    try:
+        center, width = source.WindowCenter, source.WindowWidth
+        center = float(center[0] if hasattr(center, "__len__") else center)
+        width = float(width[0] if hasattr(width, "__len__") else width)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (center, width) if width > 0 else None
+
+
+def robust_window(values: np.ndarray) -> tuple[float, float]:
+    """Window spanning the 0.5–99.5 percentiles of finite values (width at least 1)."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    low, high = np.percentile(finite, PERCENTILE_WINDOW)
+    return float((low + high) / 2), float(max(high - low, 1.0))
+
+
+def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Linear VOI window (PS3.3 C.11.2.1.2) to uint8 greys; returns a new array.
+
+    Parameters
+    ----------
+    values : (rows, columns) ndarray of float
+    """
+    if values.ndim != 2:
+        raise ValueError(f"Argument 'values' must be 2-D, got {values.ndim}-D")
+    if width < 1:
+        width = 1.0
+    scaled = ((values.astype(np.float64) - (center - 0.5)) / (width - 1) + 0.5) * 255.0
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def colour_to_uint8(rgb: np.ndarray) -> np.ndarray:
+    """RGB array of any integer depth → uint8 RGB."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"Argument 'rgb' must have shape (rows, columns, 3), got {rgb.shape}")
+    if rgb.dtype == np.uint8:
+        return rgb.copy()
+    top = float(rgb.max()) if rgb.size else 0.0
+    bits = 16 if top > 255 else 8
+    return np.clip(np.rint(rgb.astype(np.float64) / (2**bits - 1) * 255), 0, 255).astype(np.uint8)
+
+
+def render_grey(
+    values: np.ndarray, window: tuple[float, float], monochrome1: bool
+) -> np.ndarray:
+    """Window modality values to uint8 and invert MONOCHROME1 (high values shown dark)."""
+    grey = apply_window(values, *window)
+    return 255 - grey if monochrome1 else grey
+
+
+def display_size(shape: tuple[int, int], spacing, longest: int) -> tuple[int, int]:
+    """``(height, width)`` in pixels that shows the image at true aspect, longest side fixed."""
+    rows, columns = shape
+    row_mm, col_mm = (spacing if spacing is not None and len(spacing) == 2 else (1.0, 1.0))
+    height, width = rows * float(row_mm), columns * float(col_mm)
+    scale = longest / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a uint8 grey or RGB image to ``(height, width)`` with Lanczos filtering."""
+    if image.dtype != np.uint8:
+        raise ValueError(f"Argument 'image' must be uint8, got {image.dtype}")
+    pil = Image.fromarray(image)
+    height, width = size
+    return np.asarray(pil.resize((width, height), Image.Resampling.LANCZOS))

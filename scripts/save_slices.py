@@ -1,0 +1,264 @@
+"""Save selected slices of each series in one batch as .npy arrays, in true spatial order.
+
+Frames are sorted along the slice normal; only the selected frames are decoded.
+Monochrome slices hold modality values (HU for CT) as float32; colour slices hold
+uint8 RGB. A frame that cannot be decoded becomes an ``undecodable_pixels`` row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydicom.dataset import Dataset
+
+import dicom_io  # noqa: F401 - sets quiet pydicom reading options
+import geometry
+import rendering
+import table_schema
+
+log = logging.getLogger("save_slices")
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("series_key", pa.string()),
+        ("plane", pa.string()),
+        ("index", pa.int64()),
+        ("n_in_plane", pa.int64()),
+        ("npy_path", pa.string()),
+        ("png_path", pa.string()),
+        ("source_path", pa.string()),
+        ("frame", pa.int64()),
+        ("position_mm", pa.float64()),
+        ("pixel_spacing_mm", pa.list_(pa.float64())),
+        ("value_units", pa.string()),
+        ("photometric", pa.string()),
+        ("window_center", pa.float64()),
+        ("window_width", pa.float64()),
+        ("rows", pa.int64()),
+        ("columns", pa.int64()),
+    ]
+)
+
+INSTANCE_COLUMNS = [
+    "path",
+    "series_key",
+    "NumberOfFrames",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "header_json",
+]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame of a stack: where it comes from and where it lies."""
+
+    path: str
+    frame: int
+    n_frames: int
+    position: float | None
+    instance_number: int | None
+
+
+def stack_frames(instances: list[dict], orientation) -> list[Frame]:
+    """All frames of a stack in patient order along the normal.
+
+    Falls back to InstanceNumber, then path and frame, when positions are unknown.
+    """
+    frames: list[Frame] = []
+    positions: list | None = [] if orientation is not None else None
+    for row in sorted(instances, key=lambda r: r["path"]):
+        n_frames = int(row.get("NumberOfFrames") or 1)
+        per_frame = None
+        if positions is not None:
+            if n_frames > 1:
+                try:
+                    per_frame = geometry.frame_positions(Dataset.from_json(row["header_json"]))
+                except Exception:  # noqa: BLE001 - unusable geometry: fall back to order
+                    per_frame = None
+            elif row.get("ImagePositionPatient") is not None:
+                per_frame = np.asarray([row["ImagePositionPatient"]], dtype=float)
+            if per_frame is None or len(per_frame) != n_frames:
+                positions = None
+            else:
+                positions.extend(per_frame.tolist())
+        for f in range(n_frames):
+            frames.append(Frame(row["path"], f, n_frames, None, row.get("InstanceNumber")))
+    if positions is not None and len(positions) == len(frames):
+        projected = geometry.project_positions(positions, orientation)
+        frames = [
+            Frame(fr.path, fr.frame, fr.n_frames, round(float(z), 4), fr.instance_number)
+            for fr, z in zip(frames, projected)
+        ]
+        order = np.argsort(projected, kind="stable")
+        return [frames[i] for i in order]
+    return sorted(
+        frames,
+        key=lambda fr: (fr.instance_number is None, fr.instance_number or 0, fr.path, fr.frame),
+    )
+
+
+def select_indices(n: int, count: int) -> list[int]:
+    """``count`` evenly spaced indices into ``n`` slices, centred (the middle one for odd counts)."""
+    if n <= 0:
+        return []
+    if count >= n:
+        return list(range(n))
+    picks = [int(np.floor((i + 1) / (count + 1) * (n - 1) + 0.5)) for i in range(count)]
+    return sorted(set(picks))
+
+
+def decode_frame(path: Path, frame: Frame) -> tuple[np.ndarray, Dataset]:
+    """Decode one frame (only that frame) and return its array with the full header."""
+    from pydicom.pixels import pixel_array
+
+    ds = Dataset()
+    index = frame.frame if frame.n_frames > 1 else None
+    arr = pixel_array(os.fspath(path), ds_out=ds, index=index)
+    if index is not None and arr.ndim >= 3 and arr.shape[0] == frame.n_frames:
+        arr = arr[frame.frame]  # some decoders return every frame regardless of index
+    return arr, ds
+
+
+def slice_values(arr: np.ndarray, ds: Dataset, frame: int) -> tuple[np.ndarray, str, str]:
+    """Array to save, its units and photometric: modality values, or uint8 RGB for colour."""
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        return rendering.colour_to_uint8(apply_color_lut(arr, ds)), "RGB", "RGB"
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        return rendering.colour_to_uint8(arr), "RGB", "RGB"
+    if arr.ndim != 2:
+        raise ValueError(f"decoded frame has shape {arr.shape}, expected 2-D")
+    return rendering.modality_values(arr, ds, frame), rendering.value_units(ds, frame), photometric
+
+
+def save_npy(array: np.ndarray, target: Path) -> None:
+    """Write an array atomically (temporary name, then rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+    os.replace(tmp, target)
+
+
+def save_series(
+    study: Path, results: Path, series: dict, instances: list[dict], count: int
+) -> tuple[list[dict], list[dict]]:
+    """Save the selected slices of one series; returns manifest rows and error rows."""
+    orientation = series.get("ImageOrientationPatient")
+    frames = stack_frames(instances, orientation)
+    plane = series.get("orientation") or "acquired"
+    key = series["series_key"]
+    manifest, errors = [], []
+    failed: set[str] = set()
+    for index in select_indices(len(frames), count):
+        frame = frames[index]
+        if frame.path in failed:
+            continue
+        try:
+            arr, ds = decode_frame(study / frame.path, frame)
+            values, units, photometric = slice_values(arr, ds, frame.frame)
+        except Exception as exc:  # noqa: BLE001 - decoders raise many types
+            failed.add(frame.path)
+            errors.append(
+                {
+                    "path": frame.path,
+                    "reason": "undecodable_pixels",
+                    "detail": dicom_io.short_message(exc, 300),
+                    "severity": "warning",
+                    "stage": "save_slices",
+                }
+            )
+            continue
+        name = f"{plane}_{index:04d}"
+        npy = f"slices/{key}/{name}.npy"
+        save_npy(values, results / npy)
+        window = rendering.header_window(ds, frame.frame)
+        manifest.append(
+            {
+                "series_key": key,
+                "plane": plane,
+                "index": index,
+                "n_in_plane": len(frames),
+                "npy_path": npy,
+                "png_path": f"thumbnails/{key}/{name}.png",
+                "source_path": frame.path,
+                "frame": frame.frame,
+                "position_mm": frame.position,
+                "pixel_spacing_mm": geometry.pixel_spacing(ds),
+                "value_units": units,
+                "photometric": photometric,
+                "window_center": window[0] if window else None,
+                "window_width": window[1] if window else None,
+                "rows": int(values.shape[0]),
+                "columns": int(values.shape[1]),
+            }
+        )
+    return manifest, errors
+
+
+def save_batch(study: Path, results: Path, instances_path, series_path, batch: int, count: int):
+    """Save slices for every series of ``batch``; returns manifest and errors tables."""
+    series = pq.read_table(series_path, filters=[("batch", "=", batch)]).to_pylist()
+    keys = [s["series_key"] for s in series]
+    rows = (
+        pq.read_table(instances_path, columns=INSTANCE_COLUMNS, filters=[("series_key", "in", keys)])
+        .to_pylist()
+        if keys
+        else []
+    )
+    by_key: dict[str, list[dict]] = {}
+    for row in rows:
+        by_key.setdefault(row["series_key"], []).append(row)
+    manifest, errors = [], []
+    for record in sorted(series, key=lambda s: s["series_key"]):
+        m, e = save_series(study, results, record, by_key.get(record["series_key"], []), count)
+        manifest += m
+        errors += e
+    return (
+        table_schema.table_from_rows(manifest, MANIFEST_SCHEMA),
+        table_schema.table_from_rows(errors, table_schema.ERRORS_SCHEMA),
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", required=True, type=Path)
+    parser.add_argument("--results", required=True, type=Path, help="results folder")
+    parser.add_argument("--instances", required=True)
+    parser.add_argument("--series", required=True)
+    parser.add_argument("--batch", required=True, type=int)
+    parser.add_argument("--count", type=int, default=3, help="slices to save per series")
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--errors", required=True)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Save one batch's slices and write its manifest and error rows."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    manifest, errors = save_batch(
+        args.study, args.results, args.instances, args.series, args.batch, args.count
+    )
+    for target, table in ((args.manifest, manifest), (args.errors, errors)):
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        table_schema.write_table(table, target)
+    log.info("batch %d: %d slices saved, %d undecodable", args.batch, manifest.num_rows, errors.num_rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

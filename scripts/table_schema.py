@@ -1,0 +1,230 @@
+"""Typed table schemas: DICOM keyword columns typed by VR, plus our own columns.
+
+Types follow the VR from pydicom's data dictionary so that any keyword a user asks
+for gets a sensible column type without a hand-written list per tag.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydicom.datadict import dictionary_VM, dictionary_VR, tag_for_keyword
+
+CORE_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "FrameOfReferenceUID",
+    "TransferSyntaxUID",
+    "Modality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "StudyDate",
+    "StudyTime",
+    "StudyDescription",
+    "SeriesDate",
+    "SeriesNumber",
+    "SeriesDescription",
+    "InstanceNumber",
+    "AcquisitionNumber",
+    "ImageType",
+    "BodyPartExamined",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "PixelSpacing",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "RescaleType",
+    "WindowCenter",
+    "WindowWidth",
+    "EchoTime",
+    "RepetitionTime",
+    "EchoNumbers",
+    "TemporalPositionIdentifier",
+    "KVP",
+)
+"""Keywords always present in ``instances.parquet``, in this order, null when absent."""
+
+_INT_VRS = {"IS", "SL", "SS", "UL", "US", "SV", "UV", "AT"}
+_FLOAT_VRS = {"DS", "FL", "FD"}
+_BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN", "SQ"}
+
+_TIME_RE = re.compile(r"^(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?$")
+
+
+def keyword_vr(keyword: str) -> tuple[str, bool]:
+    """Return the dictionary VR of a keyword and whether it can hold several values.
+
+    Raises
+    ------
+    ValueError
+        If ``keyword`` is not a DICOM keyword in pydicom's data dictionary.
+    """
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise ValueError(f"Unknown DICOM keyword {keyword!r}")
+    vr = dictionary_VR(tag).split(" or ")[0]
+    vm = dictionary_VM(tag)
+    return vr, vm not in ("1", "")
+
+
+def arrow_type(keyword: str) -> pa.DataType:
+    """Arrow type for a keyword column: IS→int64, DS/FL/FD→float64, multi numbers→list<float64>,
+    DA→date32, TM→time64[us], text VRs→string (list<string> when multi-valued)."""
+    vr, multi = keyword_vr(keyword)
+    if keyword == "NumberOfFrames":
+        return pa.int64()
+    if vr in _INT_VRS or vr in _FLOAT_VRS:
+        if multi:
+            return pa.list_(pa.float64())
+        return pa.int64() if vr in _INT_VRS else pa.float64()
+    if vr == "DA":
+        return pa.date32()
+    if vr == "TM":
+        return pa.time64("us")
+    if multi and vr not in _BINARY_VRS:
+        return pa.list_(pa.string())
+    return pa.string()
+
+
+def convert_value(value, keyword: str):
+    """Convert a pydicom element value to the Python value of its column type.
+
+    Empty values become None. Raises ValueError for a malformed value (e.g. a DS
+    of ``"1.0.2"``) so the caller can null it and record a warning.
+    """
+    if value is None:
+        return None
+    typ = arrow_type(keyword)
+    items = _as_items(value)
+    if not items:
+        return None
+    if pa.types.is_list(typ):
+        inner = typ.value_type
+        converted = [_scalar(v, inner) for v in items]
+        return [v for v in converted if v is not None] or None
+    if len(items) > 1 and not pa.types.is_string(typ):
+        # A single-valued keyword holding several values: keep the first, as viewers do.
+        items = items[:1]
+    if pa.types.is_string(typ) and len(items) > 1:
+        return "\\".join(str(v) for v in items)
+    return _scalar(items[0], typ)
+
+
+def _as_items(value) -> list:
+    """Element value as a list of non-empty items."""
+    if isinstance(value, (bytes, bytearray)):
+        return [value]
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        items = list(value)
+    else:
+        items = [value]
+    return [v for v in items if v is not None and str(v).strip() != ""]
+
+
+def _scalar(v, typ: pa.DataType):
+    """Convert one value to ``typ``; raise ValueError when it does not parse."""
+    if pa.types.is_string(typ):
+        if isinstance(v, (bytes, bytearray)):
+            return bytes(v).hex()
+        return str(v).strip()
+    if pa.types.is_floating(typ):
+        number = float(str(v).strip()) if not isinstance(v, (int, float)) else float(v)
+        if not math.isfinite(number):
+            raise ValueError(f"non-finite number {v!r}")
+        return number
+    if pa.types.is_integer(typ):
+        if isinstance(v, int):
+            return int(v)
+        number = float(str(v).strip())
+        if not number.is_integer():
+            raise ValueError(f"not an integer: {v!r}")
+        return int(number)
+    if pa.types.is_date(typ):
+        text = str(v).strip().replace(".", "").replace("-", "")
+        return dt.datetime.strptime(text, "%Y%m%d").date()
+    if pa.types.is_time(typ):
+        match = _TIME_RE.match(str(v).strip())
+        if not match:
+            raise ValueError(f"not a DICOM time: {v!r}")
+        hh, mm, ss, frac = match.groups()
+        return dt.time(
+            int(hh), int(mm or 0), min(int(ss or 0), 59), int((frac or "0").ljust(6, "0"))
+        )
+    raise ValueError(f"unsupported column type {typ}")
+
+
+OWN_COLUMNS_BEFORE = (
+    ("path", pa.string()),
+    ("file_size", pa.int64()),
+    ("series_key", pa.string()),
+    ("has_pixels", pa.bool_()),
+)
+OWN_COLUMNS_AFTER = (("header_json", pa.string()),)
+
+
+def instance_keywords(extra_keywords: Iterable[str] = ()) -> list[str]:
+    """Core keywords followed by the user's extra keywords, without repeats."""
+    keywords = list(CORE_KEYWORDS)
+    for keyword in extra_keywords:
+        keyword_vr(keyword)  # raises on unknown keywords
+        if keyword not in keywords:
+            keywords.append(keyword)
+    return keywords
+
+
+def instances_schema(extra_keywords: Iterable[str] = ()) -> pa.Schema:
+    """Explicit schema of ``instances.parquet``: our columns, keyword columns, header_json."""
+    fields = [pa.field(name, typ) for name, typ in OWN_COLUMNS_BEFORE]
+    fields += [pa.field(k, arrow_type(k)) for k in instance_keywords(extra_keywords)]
+    fields += [pa.field(name, typ) for name, typ in OWN_COLUMNS_AFTER]
+    return pa.schema(fields)
+
+
+ERRORS_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("severity", pa.string()),
+        ("stage", pa.string()),
+    ]
+)
+"""``errors.parquet``: severity ``error`` = not an instance; ``warning`` = instance with a problem."""
+
+
+def table_from_rows(rows: Sequence[dict], schema: pa.Schema) -> pa.Table:
+    """Build a table with exactly ``schema``'s columns; missing keys become null."""
+    columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
+    return pa.table(columns, schema=schema)
+
+
+def write_table(table: pa.Table, path: str) -> None:
+    """Write Parquet deterministically (fixed options, no timestamps) via a temporary name."""
+    tmp = f"{path}.tmp"
+    pq.write_table(
+        table,
+        tmp,
+        compression="zstd",
+        use_dictionary=True,
+        write_statistics=True,
+        store_schema=True,
+    )
+    os.replace(tmp, path)

@@ -1,0 +1,106 @@
+# Config checks, paths and input functions; no rules here.
+import os
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+SCRIPTS = Path(workflow.basedir) / "scripts"
+SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+PYTHON = sys.executable
+sys.path.insert(0, str(SCRIPTS))
+
+import workflow_config  # noqa: E402 - lives in scripts/
+
+_problem = workflow_config.schema_problem(config, SCHEMA)
+if _problem is None:
+    validate(config, schema=str(SCHEMA))  # fills defaults
+    _problem = workflow_config.paths_problem(config["study"], config["results"])
+if _problem:
+    sys.exit(f"dicom-study-pipeline: {_problem}")
+
+STUDY = config["study"]
+RESULTS = config["results"]
+
+
+wildcard_constraints:
+    shard=r"\d{4}",
+    batch=r"\d+",
+
+
+def res(path):
+    """A path under the results folder."""
+    return os.path.join(RESULTS, path)
+
+
+def script(name):
+    """Path of a step's script, so that editing the script re-runs its rule."""
+    return str(SCRIPTS / f"{name}.py")
+
+
+def keyword_args():
+    """--keyword options for the extra metadata keywords from the config."""
+    return " ".join(f"--keyword {k}" for k in config["metadata"]["keywords"])
+
+
+def ct_window_args():
+    """--ct-window option when a CT window preset is configured."""
+    window = config["thumbnails"]["ct_window"]
+    return "" if window is None else f"--ct-window {window[0]} {window[1]}"
+
+
+def shards():
+    """Shard ids written by the scan checkpoint."""
+    folder = checkpoints.scan_study.get().output.shards
+    return sorted(glob_wildcards(os.path.join(folder, "shard_{shard}.jsonl")).shard)
+
+
+def shard_list(wildcards):
+    """The shard list an extract job reads."""
+    folder = checkpoints.scan_study.get().output.shards
+    return os.path.join(folder, f"shard_{wildcards.shard}.jsonl")
+
+
+def extract_parts(kind):
+    """Input function: every shard's instances or errors table."""
+
+    def parts(wildcards):
+        return [res(f"_work/extract/shard_{s}.{kind}.parquet") for s in shards()]
+
+    return parts
+
+
+def batches():
+    """Batch ids of series with pixels, known once the merge checkpoint has run."""
+    import pyarrow.parquet as pq
+
+    series = checkpoints.merge_metadata.get().output.series
+    column = pq.read_table(series, columns=["batch"]).column("batch").drop_null()
+    return sorted(set(column.to_pylist()))
+
+
+def batch_parts(pattern):
+    """Input function: ``pattern`` formatted for every batch."""
+
+    def parts(wildcards):
+        return [res(pattern.format(batch=b)) for b in batches()]
+
+    return parts
+
+
+def error_parts(wildcards):
+    """Header errors from the merge plus decoding errors of every slice batch."""
+    return [res("_work/errors_extract.parquet")] + batch_parts(
+        "_work/slices/batch_{batch}.errors.parquet"
+    )(wildcards)
+
+
+def final_outputs():
+    """What `snakemake` builds by default."""
+    return [
+        res("metadata/instances.parquet"),
+        res("metadata/series.parquet"),
+        res("metadata/errors.parquet"),
+        res("metadata/slices.parquet"),
+        res("index.html"),
+    ]

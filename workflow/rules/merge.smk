@@ -1,0 +1,28 @@
+checkpoint merge_metadata:
+    input:
+        instances=extract_parts("instances"),
+        errors=extract_parts("errors"),
+        script=script("merge_metadata"),
+    output:
+        instances=report(
+            res("metadata/instances.parquet"),
+            caption="../report/instances.rst",
+            category="Metadata",
+        ),
+        series=res("metadata/series.parquet"),
+        errors=res("_work/errors_extract.parquet"),
+    params:
+        keywords=keyword_args(),
+        series_per_batch=config["metadata"]["series_per_batch"],
+    resources:
+        mem_mb=2000,
+    log:
+        res("logs/merge_metadata.log"),
+    benchmark:
+        res("benchmarks/merge_metadata.tsv")
+    shell:
+        "{PYTHON:q} {input.script:q} --instance-parts {input.instances:q}"
+        " --error-parts {input.errors:q} {params.keywords}"
+        " --series-per-batch {params.series_per_batch}"
+        " --instances {output.instances:q} --series {output.series:q}"
+        " --errors {output.errors:q} > {log:q} 2>&1"
