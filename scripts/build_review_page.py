@@ -95,7 +95,9 @@ def series_card(series: dict, sheet: str | None, n_slices: int) -> str:
     )
 
 
-def build_page(series: list[dict], sheets: dict[str, str], slices: Counter, errors: list[dict]) -> str:
+def build_page(
+    series: list[dict], sheets: dict[str, str], slices: Counter, errors: list[dict]
+) -> str:
     """The whole page as a string, studies and series in a stable order."""
     e = html.escape
     studies: dict[str, list[dict]] = {}
@@ -137,7 +139,11 @@ def build_page(series: list[dict], sheets: dict[str, str], slices: Counter, erro
         parts.append(f'<section class="study"><h2>{e(label)}</h2>')
         members = sorted(
             members,
-            key=lambda s: (s.get("SeriesNumber") is None, s.get("SeriesNumber") or 0, s["series_key"]),
+            key=lambda s: (
+                s.get("SeriesNumber") is None,
+                s.get("SeriesNumber") or 0,
+                s["series_key"],
+            ),
         )
         for record in members:
             key = record["series_key"]

@@ -21,9 +21,11 @@ _BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
 
 def _is_bulk(tag: int, vr: str | None, length: int) -> bool:
     """Pixel data, overlay data and large binary values are bulk data."""
-    if tag in (0x7FE00010, 0x7FE00008, 0x7FE00009) or (tag >> 16) & 0xFF01 == 0x6000 and (
-        tag & 0xFFFF
-    ) == 0x3000:
+    if (
+        tag in (0x7FE00010, 0x7FE00008, 0x7FE00009)
+        or (tag >> 16) & 0xFF01 == 0x6000
+        and (tag & 0xFFFF) == 0x3000
+    ):
         return True
     return (vr in _BINARY_VRS or vr is None) and length > BULK_THRESHOLD
 

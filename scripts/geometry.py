@@ -23,9 +23,7 @@ PLANE_THRESHOLD = 0.8
 def _as_orientation(orientation) -> np.ndarray:
     arr = np.asarray(orientation, dtype=float)
     if arr.shape != (6,):
-        raise ValueError(
-            f"Argument 'orientation' must have shape (6,), got {arr.shape}"
-        )
+        raise ValueError(f"Argument 'orientation' must have shape (6,), got {arr.shape}")
     return arr
 
 
@@ -106,7 +104,13 @@ def check_spacing(projections) -> SpacingReport:
     tol = max(0.01, SPACING_TOLERANCE * spacing)
     ratios = positive / spacing
     multiples = np.rint(ratios)
-    missing = int(np.sum(np.where((multiples >= 2) & (np.abs(positive - multiples * spacing) <= tol), multiples - 1, 0)))
+    missing = int(
+        np.sum(
+            np.where(
+                (multiples >= 2) & (np.abs(positive - multiples * spacing) <= tol), multiples - 1, 0
+            )
+        )
+    )
     uniform = bool(np.all(np.abs(positive - spacing) <= tol)) and duplicates == 0
     return SpacingReport(round(spacing, 6), uniform, missing, duplicates)
 
@@ -157,7 +161,8 @@ def frame_orientation(ds) -> list[float] | None:
 
 def pixel_spacing(ds) -> list[float] | None:
     """Row and column spacing in mm: PixelSpacing, functional groups, ImagerPixelSpacing,
-    or ultrasound region deltas (cm, converted); None when the header gives none."""
+    or ultrasound region deltas (cm, converted); None when the header gives none.
+    """
     candidates = [ds.get("PixelSpacing")]
     for seq_name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
         seq = ds.get(seq_name)

@@ -146,7 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     manifest = pq.read_table(args.manifest)
     keys = sorted(set(manifest.column("series_key").to_pylist()))
-    series = pq.read_table(args.series, filters=[("series_key", "in", keys)]).to_pylist() if keys else []
+    series = (
+        pq.read_table(args.series, filters=[("series_key", "in", keys)]).to_pylist() if keys else []
+    )
     rendered = set(pq.read_table(args.thumbnails, columns=["png_path"]).column(0).to_pylist())
     table = make_sheets(args.results, manifest, rendered, series, args.tiles)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -72,7 +72,12 @@ def series_identity(row: dict) -> tuple[str, str]:
     if uid:
         return f"uid:{uid}", "SeriesInstanceUID"
     folder = posixpath.dirname(row["path"])
-    parts = (folder, row.get("StudyInstanceUID") or "", row.get("SeriesNumber"), row.get("Modality"))
+    parts = (
+        folder,
+        row.get("StudyInstanceUID") or "",
+        row.get("SeriesNumber"),
+        row.get("Modality"),
+    )
     return "fallback:" + "|".join(str(p) for p in parts), "folder+SeriesNumber"
 
 
@@ -137,7 +142,7 @@ def group_stacks(rows: list[dict]) -> list[Stack]:
         members = by_series[identity]
         clusters = _orientation_clusters([rows[i].get("ImageOrientationPatient") for i in members])
         by_sig: dict[tuple, list[int]] = {}
-        for i, cluster in zip(members, clusters):
+        for i, cluster in zip(members, clusters, strict=True):
             by_sig.setdefault(_stack_signature(rows[i], cluster), []).append(i)
         for sig in sorted(by_sig, key=lambda s: tuple(str(x) for x in s)):
             stacks.append(Stack(identity, grouped_by[identity], by_sig[sig]))

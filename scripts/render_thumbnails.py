@@ -80,7 +80,7 @@ def render_batch(results: Path, manifest: pa.Table, size: int, ct_window=None) -
         series_rows = by_series[key]
         values = [np.load(results / r["npy_path"]) for r in series_rows]
         grey = [v for v in values if v.ndim == 2]
-        for row, arr in zip(series_rows, values):
+        for row, arr in zip(series_rows, values, strict=True):
             window, source = (None, "colour")
             if arr.ndim == 2:
                 window, source = choose_window(row, grey, ct_window)

@@ -121,9 +121,7 @@ def colour_to_uint8(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(rgb.astype(np.float64) / (2**bits - 1) * 255), 0, 255).astype(np.uint8)
 
 
-def render_grey(
-    values: np.ndarray, window: tuple[float, float], monochrome1: bool
-) -> np.ndarray:
+def render_grey(values: np.ndarray, window: tuple[float, float], monochrome1: bool) -> np.ndarray:
     """Window modality values to uint8 and invert MONOCHROME1 (high values shown dark)."""
     grey = apply_window(values, *window)
     return 255 - grey if monochrome1 else grey
@@ -132,7 +130,7 @@ def render_grey(
 def display_size(shape: tuple[int, int], spacing, longest: int) -> tuple[int, int]:
     """``(height, width)`` in pixels that shows the image at true aspect, longest side fixed."""
     rows, columns = shape
-    row_mm, col_mm = (spacing if spacing is not None and len(spacing) == 2 else (1.0, 1.0))
+    row_mm, col_mm = spacing if spacing is not None and len(spacing) == 2 else (1.0, 1.0)
     height, width = rows * float(row_mm), columns * float(col_mm)
     scale = longest / max(height, width)
     return max(1, round(height * scale)), max(1, round(width * scale))

@@ -98,7 +98,7 @@ def stack_frames(instances: list[dict], orientation) -> list[Frame]:
         projected = geometry.project_positions(positions, orientation)
         frames = [
             Frame(fr.path, fr.frame, fr.n_frames, round(float(z), 4), fr.instance_number)
-            for fr, z in zip(frames, projected)
+            for fr, z in zip(frames, projected, strict=True)
         ]
         order = np.argsort(projected, kind="stable")
         return [frames[i] for i in order]
@@ -109,7 +109,7 @@ def stack_frames(instances: list[dict], orientation) -> list[Frame]:
 
 
 def select_indices(n: int, count: int) -> list[int]:
-    """``count`` evenly spaced indices into ``n`` slices, centred (the middle one for odd counts)."""
+    """``count`` evenly spaced, centred indices into ``n`` slices (odd counts hold the middle)."""
     if n <= 0:
         return []
     if count >= n:
@@ -214,8 +214,9 @@ def save_batch(study: Path, results: Path, instances_path, series_path, batch: i
     series = pq.read_table(series_path, filters=[("batch", "=", batch)]).to_pylist()
     keys = [s["series_key"] for s in series]
     rows = (
-        pq.read_table(instances_path, columns=INSTANCE_COLUMNS, filters=[("series_key", "in", keys)])
-        .to_pylist()
+        pq.read_table(
+            instances_path, columns=INSTANCE_COLUMNS, filters=[("series_key", "in", keys)]
+        ).to_pylist()
         if keys
         else []
     )
@@ -256,7 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for target, table in ((args.manifest, manifest), (args.errors, errors)):
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
         table_schema.write_table(table, target)
-    log.info("batch %d: %d slices saved, %d undecodable", args.batch, manifest.num_rows, errors.num_rows)
+    log.info(
+        "batch %d: %d slices saved, %d undecodable", args.batch, manifest.num_rows, errors.num_rows
+    )
     return 0
 
 

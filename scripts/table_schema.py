@@ -87,7 +87,8 @@ def keyword_vr(keyword: str) -> tuple[str, bool]:
 
 def arrow_type(keyword: str) -> pa.DataType:
     """Arrow type for a keyword column: IS→int64, DS/FL/FD→float64, multi numbers→list<float64>,
-    DA→date32, TM→time64[us], text VRs→string (list<string> when multi-valued)."""
+    DA→date32, TM→time64[us], text VRs→string (list<string> when multi-valued).
+    """
     vr, multi = keyword_vr(keyword)
     if keyword == "NumberOfFrames":
         return pa.int64()
@@ -207,7 +208,7 @@ ERRORS_SCHEMA = pa.schema(
         ("stage", pa.string()),
     ]
 )
-"""``errors.parquet``: severity ``error`` = not an instance; ``warning`` = instance with a problem."""
+"""``errors.parquet``: severity ``error``: not an instance; ``warning``: instance with a problem."""
 
 
 def table_from_rows(rows: Sequence[dict], schema: pa.Schema) -> pa.Table:
