@@ -19,6 +19,6 @@ include: "workflow/rules/review.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs(),
-    default_target: True

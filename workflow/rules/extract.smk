@@ -5,15 +5,15 @@ rule extract_metadata:
     output:
         instances=res("_work/extract/shard_{shard}.instances.parquet"),
         errors=res("_work/extract/shard_{shard}.errors.parquet"),
-    params:
-        study=STUDY,
-        keywords=keyword_args(),
-    resources:
-        mem_mb=1000,
     log:
         res("logs/extract_metadata/shard_{shard}.log"),
     benchmark:
         res("benchmarks/extract_metadata/shard_{shard}.tsv")
+    resources:
+        mem_mb=1000,
+    params:
+        study=STUDY,
+        keywords=keyword_args(),
     shell:
         "{PYTHON:q} {input.script:q} --study {params.study:q} --shard {input.shard:q}"
         " --instances {output.instances:q} --errors {output.errors:q} {params.keywords}"

@@ -11,15 +11,15 @@ checkpoint merge_metadata:
         ),
         series=res("metadata/series.parquet"),
         errors=res("_work/errors_extract.parquet"),
-    params:
-        keywords=keyword_args(),
-        series_per_batch=config["metadata"]["series_per_batch"],
-    resources:
-        mem_mb=2000,
     log:
         res("logs/merge_metadata.log"),
     benchmark:
         res("benchmarks/merge_metadata.tsv")
+    resources:
+        mem_mb=2000,
+    params:
+        keywords=keyword_args(),
+        series_per_batch=config["metadata"]["series_per_batch"],
     shell:
         "{PYTHON:q} {input.script:q} --instance-parts {input.instances:q}"
         " --error-parts {input.errors:q} {params.keywords}"

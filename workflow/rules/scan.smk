@@ -4,12 +4,12 @@ checkpoint scan_study:
         script=script("scan_study"),
     output:
         shards=directory(res("_work/scan")),
-    params:
-        files_per_shard=config["scan"]["files_per_shard"],
     log:
         res("logs/scan_study.log"),
     benchmark:
         res("benchmarks/scan_study.tsv")
+    params:
+        files_per_shard=config["scan"]["files_per_shard"],
     shell:
         "{PYTHON:q} {input.script:q} --study {input.study:q} --out-dir {output.shards:q}"
         " --files-per-shard {params.files_per_shard} > {log:q} 2>&1"

@@ -6,13 +6,13 @@ rule make_contact_sheets:
         script=script("make_contact_sheets"),
     output:
         sheets=res("_work/sheets/batch_{batch}.parquet"),
-    params:
-        results=RESULTS,
-        tiles=config["sheets"]["tiles"],
     log:
         res("logs/make_contact_sheets/batch_{batch}.log"),
     benchmark:
         res("benchmarks/make_contact_sheets/batch_{batch}.tsv")
+    params:
+        results=RESULTS,
+        tiles=config["sheets"]["tiles"],
     shell:
         "{PYTHON:q} {input.script:q} --results {params.results:q} --manifest {input.manifest:q}"
         " --thumbnails {input.thumbnails:q} --series {input.series:q} --tiles {params.tiles}"

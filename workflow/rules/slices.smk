@@ -6,16 +6,16 @@ rule save_slices:
     output:
         manifest=res("_work/slices/batch_{batch}.parquet"),
         errors=res("_work/slices/batch_{batch}.errors.parquet"),
-    params:
-        study=STUDY,
-        results=RESULTS,
-        n_slices=config["slices"]["count"],
-    resources:
-        mem_mb=2000,
     log:
         res("logs/save_slices/batch_{batch}.log"),
     benchmark:
         res("benchmarks/save_slices/batch_{batch}.tsv")
+    resources:
+        mem_mb=2000,
+    params:
+        study=STUDY,
+        results=RESULTS,
+        n_slices=config["slices"]["count"],
     shell:
         "{PYTHON:q} {input.script:q} --study {params.study:q} --results {params.results:q}"
         " --instances {input.instances:q} --series {input.series:q} --batch {wildcards.batch}"

@@ -4,14 +4,14 @@ rule render_thumbnails:
         script=script("render_thumbnails"),
     output:
         thumbnails=res("_work/thumbnails/batch_{batch}.parquet"),
-    params:
-        results=RESULTS,
-        size=config["thumbnails"]["size"],
-        ct_window=ct_window_args(),
     log:
         res("logs/render_thumbnails/batch_{batch}.log"),
     benchmark:
         res("benchmarks/render_thumbnails/batch_{batch}.tsv")
+    params:
+        results=RESULTS,
+        size=config["thumbnails"]["size"],
+        ct_window=ct_window_args(),
     shell:
         "{PYTHON:q} {input.script:q} --results {params.results:q} --manifest {input.manifest:q}"
         " --size {params.size} {params.ct_window} --out {output.thumbnails:q} > {log:q} 2>&1"
