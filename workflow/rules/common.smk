@@ -7,7 +7,6 @@ from snakemake.utils import validate
 
 SCRIPTS = Path(workflow.basedir) / "scripts"
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
-PYTHON = sys.executable
 sys.path.insert(0, str(SCRIPTS))
 
 import workflow_config  # noqa: E402 - lives in scripts/
@@ -31,6 +30,12 @@ wildcard_constraints:
 def res(path):
     """A path under the results folder."""
     return os.path.join(RESULTS, path)
+
+
+def results_root(wildcards, output):
+    """The results folder, derived from a job's first output (which lies under ``_work/``)."""
+    path = Path(output[0])
+    return str(path.parents[len(path.relative_to(RESULTS).parts) - 1])
 
 
 def script(name):

@@ -14,7 +14,9 @@ rule extract_metadata:
     params:
         study=STUDY,
         keywords=keyword_args(),
+    conda:
+        "../envs/pipeline.yaml"
     shell:
-        "{PYTHON:q} {input.script:q} --study {params.study:q} --shard {input.shard:q}"
+        "python {input.script:q} --study {params.study:q} --shard {input.shard:q}"
         " --instances {output.instances:q} --errors {output.errors:q} {params.keywords}"
         " > {log:q} 2>&1"

@@ -20,8 +20,10 @@ checkpoint merge_metadata:
     params:
         keywords=keyword_args(),
         series_per_batch=config["metadata"]["series_per_batch"],
+    conda:
+        "../envs/pipeline.yaml"
     shell:
-        "{PYTHON:q} {input.script:q} --instance-parts {input.instances:q}"
+        "python {input.script:q} --instance-parts {input.instances:q}"
         " --error-parts {input.errors:q} {params.keywords}"
         " --series-per-batch {params.series_per_batch}"
         " --instances {output.instances:q} --series {output.series:q}"

@@ -11,8 +11,10 @@ rule finalize_tables:
         res("logs/finalize_tables.log"),
     benchmark:
         res("benchmarks/finalize_tables.tsv")
+    conda:
+        "../envs/pipeline.yaml"
     shell:
-        "{PYTHON:q} {input.script:q} --manifests {input.manifests:q}"
+        "python {input.script:q} --manifests {input.manifests:q}"
         " --thumbnails {input.thumbnails:q} --error-parts {input.errors:q}"
         " --slices {output.slices:q} --errors {output.errors:q} > {log:q} 2>&1"
 
@@ -34,7 +36,9 @@ rule build_review_page:
         res("logs/build_review_page.log"),
     benchmark:
         res("benchmarks/build_review_page.tsv")
+    conda:
+        "../envs/pipeline.yaml"
     shell:
-        "{PYTHON:q} {input.script:q} --series {input.series:q} --slices {input.slices:q}"
+        "python {input.script:q} --series {input.series:q} --slices {input.slices:q}"
         " --errors {input.errors:q} --sheets {input.sheets:q} --out {output.page:q}"
         " > {log:q} 2>&1"

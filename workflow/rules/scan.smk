@@ -10,6 +10,8 @@ checkpoint scan_study:
         res("benchmarks/scan_study.tsv")
     params:
         files_per_shard=config["scan"]["files_per_shard"],
+    conda:
+        "../envs/pipeline.yaml"
     shell:
-        "{PYTHON:q} {input.script:q} --study {input.study:q} --out-dir {output.shards:q}"
+        "python {input.script:q} --study {input.study:q} --out-dir {output.shards:q}"
         " --files-per-shard {params.files_per_shard} > {log:q} 2>&1"

@@ -11,9 +11,11 @@ rule make_contact_sheets:
     benchmark:
         res("benchmarks/make_contact_sheets/batch_{batch}.tsv")
     params:
-        results=RESULTS,
+        results=results_root,
         tiles=config["sheets"]["tiles"],
+    conda:
+        "../envs/pipeline.yaml"
     shell:
-        "{PYTHON:q} {input.script:q} --results {params.results:q} --manifest {input.manifest:q}"
+        "python {input.script:q} --results {params.results:q} --manifest {input.manifest:q}"
         " --thumbnails {input.thumbnails:q} --series {input.series:q} --tiles {params.tiles}"
         " --out {output.sheets:q} > {log:q} 2>&1"

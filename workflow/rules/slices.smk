@@ -14,10 +14,12 @@ rule save_slices:
         mem_mb=2000,
     params:
         study=STUDY,
-        results=RESULTS,
+        results=results_root,
         n_slices=config["slices"]["count"],
+    conda:
+        "../envs/pipeline.yaml"
     shell:
-        "{PYTHON:q} {input.script:q} --study {params.study:q} --results {params.results:q}"
+        "python {input.script:q} --study {params.study:q} --results {params.results:q}"
         " --instances {input.instances:q} --series {input.series:q} --batch {wildcards.batch}"
         " --count {params.n_slices} --manifest {output.manifest:q} --errors {output.errors:q}"
         " > {log:q} 2>&1"

@@ -9,9 +9,11 @@ rule render_thumbnails:
     benchmark:
         res("benchmarks/render_thumbnails/batch_{batch}.tsv")
     params:
-        results=RESULTS,
+        results=results_root,
         size=config["thumbnails"]["size"],
         ct_window=ct_window_args(),
+    conda:
+        "../envs/pipeline.yaml"
     shell:
-        "{PYTHON:q} {input.script:q} --results {params.results:q} --manifest {input.manifest:q}"
+        "python {input.script:q} --results {params.results:q} --manifest {input.manifest:q}"
         " --size {params.size} {params.ct_window} --out {output.thumbnails:q} > {log:q} 2>&1"
