@@ -1,0 +1,177 @@
+"""End-to-end: the Snakemake workflow on a copy of the demo study, plus dry-run, lint and config errors."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import pyarrow.parquet as pq
+import pytest
+
+import demo
+
+ROOT = demo.ROOT
+CONFIG = ROOT / "config" / "config.yaml"
+
+
+def snakemake(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run snakemake from this interpreter's environment, with the repo's Snakefile and config."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+    cmd += ["--configfile", str(CONFIG), *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under a folder, by relative path."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One full run of the workflow on a copy of the demo study; returns (cwd, results, log)."""
+    cwd = tmp_path_factory.mktemp("workflow")
+    study = cwd / "study"
+    shutil.copytree(demo.STUDY, study)
+    before = tree_digest(study)
+    proc = snakemake(cwd, "--cores", "2", "--config", "study=study", "results=results")
+    assert tree_digest(study) == before, "the workflow wrote into or changed the study folder"
+    return cwd, cwd / "results", proc.stderr
+
+
+@pytest.mark.slow
+class TestWorkflowOnDemoStudy:
+    def test_every_study_file_is_an_instance_or_an_error_exactly_once(self, demo_run):
+        _, results, _ = demo_run
+        instances = pq.read_table(results / "metadata" / "instances.parquet").to_pylist()
+        errors = pq.read_table(results / "metadata" / "errors.parquet").to_pylist()
+        indexed = [r["path"] for r in instances]
+        failed = [r["path"] for r in errors if r["severity"] == "error"]
+        assert len(indexed) + len(failed) == demo.N_STUDY_FILES
+        assert set(indexed).isdisjoint(failed)
+        on_disk = {
+            p.relative_to(demo.STUDY).as_posix() for p in demo.STUDY.rglob("*") if p.is_file()
+        }
+        assert set(indexed) | set(failed) == on_disk
+
+    def test_bad_files_are_error_rows_with_specific_reasons(self, demo_run):
+        _, results, _ = demo_run
+        errors = pq.read_table(results / "metadata" / "errors.parquet").to_pylist()
+        reasons = {(r["path"], r["reason"]) for r in errors}
+        assert ("unsorted/zipMR.gz", "not_dicom") in reasons
+        assert ("unsorted/no_meta.dcm", "not_dicom") in reasons
+        assert ("unsorted/rtplan_truncated.dcm", "truncated") in reasons
+        assert ("unsorted/MR_truncated.dcm", "truncated") in reasons
+        assert ("unsorted/JPEG-lossy.dcm", "undecodable_pixels") in reasons
+
+    def test_each_image_series_with_decodable_pixels_has_a_contact_sheet(self, demo_run):
+        _, results, _ = demo_run
+        series = pq.read_table(results / "metadata" / "series.parquet").to_pylist()
+        slices = pq.read_table(results / "metadata" / "slices.parquet").to_pylist()
+        with_slices = {r["series_key"] for r in slices}
+        for record in series:
+            sheet = results / "contact_sheets" / f"{record['series_key']}.png"
+            assert sheet.is_file() == (record["series_key"] in with_slices), record["series_key"]
+        # the two real volumes and every ultrasound image are among them
+        volumes = {
+            r["series_key"] for r in series if r["is_volume"] and r["Modality"] in ("CT", "MR")
+        }
+        assert len(volumes) == 2 and volumes <= with_slices
+        assert iio.imread(results / "contact_sheets" / f"{sorted(volumes)[0]}.png").ndim == 3
+
+    def test_ct_slices_are_in_patient_order_in_hounsfield_units(self, demo_run):
+        import numpy as np
+        import pydicom
+
+        _, results, _ = demo_run
+        slices = pq.read_table(results / "metadata" / "slices.parquet").to_pylist()
+        ct = [r for r in slices if r["value_units"] == "HU" and r["n_in_plane"] == 20]
+        assert [r["index"] for r in ct] == sorted(r["index"] for r in ct)
+        positions = [r["position_mm"] for r in ct]
+        assert positions == sorted(positions) and len(set(positions)) == len(ct)
+        row = ct[len(ct) // 2]
+        ds = pydicom.dcmread(demo.STUDY / row["source_path"])
+        expected = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        saved = np.load(results / row["npy_path"])
+        assert saved.dtype == np.float32
+        np.testing.assert_array_equal(saved, expected.astype(np.float32))
+
+    def test_review_page_links_every_sheet_and_every_series(self, demo_run):
+        _, results, _ = demo_run
+        page = (results / "index.html").read_text(encoding="utf-8")
+        series = pq.read_table(results / "metadata" / "series.parquet").to_pylist()
+        for record in series:
+            assert record["series_key"] in page
+        for src in re.findall(r'<img src="([^"]+)"', page):
+            assert (results / src).is_file(), src
+        assert len(re.findall(r"<img ", page)) == len(
+            list((results / "contact_sheets").glob("*.png"))
+        )
+
+    def test_no_patient_identifiers_in_paths_page_or_logs(self, demo_run):
+        import pydicom
+
+        _, results, log = demo_run
+        ds = pydicom.dcmread(demo.MR_SERIES / "IM_0001", stop_before_pixels=True)
+        secrets = {str(ds.PatientName), str(ds.PatientID), str(ds.PatientBirthDate)} - {""}
+        texts = [log, (results / "index.html").read_text(encoding="utf-8")]
+        texts += [p.read_text(errors="replace") for p in (results / "logs").rglob("*.log")]
+        texts += [p.as_posix() for p in results.rglob("*")]
+        for secret in secrets:
+            assert not any(secret in text for text in texts), "patient identifier leaked"
+
+    def test_second_run_has_nothing_to_do(self, demo_run):
+        cwd, _, _ = demo_run
+        proc = snakemake(cwd, "--cores", "2", "--config", "study=study", "results=results", "-n")
+        assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+class TestSnakemakeChecks:
+    def test_lint_is_clean(self):
+        proc = snakemake(ROOT, "--lint", check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Congratulations" in proc.stdout + proc.stderr
+
+    def test_dry_run_plans_the_scan_checkpoint(self, tmp_path):
+        proc = snakemake(tmp_path, "-n", "--config", f"study={demo.STUDY}", "results=results")
+        assert "scan_study" in proc.stdout
+        assert not (tmp_path / "results").exists()
+
+    @pytest.mark.parametrize(
+        ("override", "message"),
+        [
+            pytest.param(
+                ["study=does/not/exist"],
+                "study folder not found: does/not/exist",
+                id="missing-study",
+            ),
+            pytest.param(
+                ["thumbnails={'size': 'big'}"], "config key 'thumbnails.size'", id="wrong-type"
+            ),
+            pytest.param(["colour=1"], "'colour' was unexpected", id="unknown-key"),
+            pytest.param(
+                ["results=" + str(demo.STUDY / "out")],
+                "inside the study folder",
+                id="results-in-study",
+            ),
+        ],
+    )
+    def test_bad_config_stops_with_one_clear_line(self, tmp_path, override, message):
+        proc = snakemake(tmp_path, "-n", "--config", f"study={demo.STUDY}", *override, check=False)
+        assert proc.returncode != 0
+        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+        assert len(lines) == 1, lines
+        assert message in lines[0] and lines[0].startswith("dicom-study-pipeline: ")
