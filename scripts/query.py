@@ -40,7 +40,8 @@ def connect(results: Path) -> duckdb.DuckDBPyConnection:
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{literal}')")
             found += 1
     if not found:
-        raise FileNotFoundError(f"no metadata tables in {results / 'metadata'}; run snakemake first")
+        folder = results / "metadata"
+        raise FileNotFoundError(f"no metadata tables in {folder}; run snakemake first")
     return con
 
 

@@ -34,3 +34,11 @@ def demo_metadata(tmp_path_factory):
     args += ["--instances", str(paths["instances"]), "--series", str(paths["series"])]
     assert merge_metadata.main(args + ["--errors", str(paths["errors"])]) == 0
     return paths
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One full workflow run on a copy of the demo study: ``(cwd, results, snakemake log)``."""
+    from workflow_run import run_demo
+
+    return run_demo(tmp_path_factory)
