@@ -7,8 +7,10 @@ so callers can record it as data instead of crashing.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import struct
+import warnings
 from dataclasses import dataclass, field
 
 import pydicom
@@ -19,6 +21,10 @@ from pydicom.dataset import Dataset
 # while reading; each value is validated later, one element at a time.
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+# Decoder failures and odd values are recorded as error rows; pydicom's own messages
+# (tracebacks, values that may identify a patient) stay out of logs.
+logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 """PixelData, FloatPixelData and DoubleFloatPixelData."""
@@ -128,6 +134,8 @@ def _expected_pixel_bytes(ds: Dataset) -> int | None:
         return None
     if bits == 1:
         return (rows * columns * frames * samples + 7) // 8
+    if samples == 3 and str(ds.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+        samples = 2  # chroma subsampled horizontally: two values per pixel
     return rows * columns * frames * samples * (bits // 8)
 
 
@@ -259,6 +267,30 @@ def _with_pixel_facts(ds: Dataset, fp, size: int) -> HeaderRead:
             )
         )
     return HeaderRead(ds, has_pixels=True, warnings=warnings)
+
+
+def read_for_pixels(path: str | os.PathLike) -> Dataset:
+    """Read a whole instance for decoding, naming a transfer syntax when the file omits it.
+
+    Raw datasets without file meta (and files whose meta lacks TransferSyntaxUID) are
+    given the syntax their encoding implies, so native pixel data still decodes.
+    """
+    ds = pydicom.dcmread(path, force=True)
+    meta = ds.file_meta if getattr(ds, "file_meta", None) is not None else None
+    if meta is None or "TransferSyntaxUID" not in meta:
+        from pydicom.dataset import FileMetaDataset
+        from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+        implicit, little = ds.original_encoding
+        syntax = (
+            ImplicitVRLittleEndian
+            if implicit
+            else (ExplicitVRLittleEndian if little in (True, None) else ExplicitVRBigEndian)
+        )
+        if meta is None:
+            ds.file_meta = meta = FileMetaDataset()
+        meta.TransferSyntaxUID = syntax
+    return ds
 
 
 def short_message(exc: BaseException, limit: int = 200) -> str:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydicom.dataset import Dataset
 
-import dicom_io  # noqa: F401 - sets quiet pydicom reading options
+import dicom_io
 import geometry
 import rendering
 import table_schema
@@ -118,16 +118,15 @@ def select_indices(n: int, count: int) -> list[int]:
     return sorted(set(picks))
 
 
-def decode_frame(path: Path, frame: Frame) -> tuple[np.ndarray, Dataset]:
-    """Decode one frame (only that frame) and return its array with the full header."""
+def decode_frame(ds: Dataset, frame: Frame) -> np.ndarray:
+    """Decode only one frame of an instance read with :func:`dicom_io.read_for_pixels`."""
     from pydicom.pixels import pixel_array
 
-    ds = Dataset()
     index = frame.frame if frame.n_frames > 1 else None
-    arr = pixel_array(os.fspath(path), ds_out=ds, index=index)
+    arr = pixel_array(ds, index=index)
     if index is not None and arr.ndim >= 3 and arr.shape[0] == frame.n_frames:
         arr = arr[frame.frame]  # some decoders return every frame regardless of index
-    return arr, ds
+    return arr
 
 
 def slice_values(arr: np.ndarray, ds: Dataset, frame: int) -> tuple[np.ndarray, str, str]:
@@ -163,13 +162,17 @@ def save_series(
     key = series["series_key"]
     manifest, errors = [], []
     failed: set[str] = set()
+    datasets: dict[str, Dataset] = {}  # one read per file, however many of its frames are saved
     for index in select_indices(len(frames), count):
         frame = frames[index]
         if frame.path in failed:
             continue
         try:
-            arr, ds = decode_frame(study / frame.path, frame)
-            values, units, photometric = slice_values(arr, ds, frame.frame)
+            if frame.path not in datasets:
+                datasets.clear()
+                datasets[frame.path] = dicom_io.read_for_pixels(study / frame.path)
+            ds = datasets[frame.path]
+            values, units, photometric = slice_values(decode_frame(ds, frame), ds, frame.frame)
         except Exception as exc:  # noqa: BLE001 - decoders raise many types
             failed.add(frame.path)
             errors.append(
