@@ -46,6 +46,15 @@ def orientation_label(orientation) -> str:
     return ("sagittal", "coronal", "axial")[axis]
 
 
+def is_valid_orientation(orientation) -> bool:
+    """True for six finite numbers whose row and column directions span a plane."""
+    try:
+        slice_normal(orientation)
+    except (ValueError, TypeError):
+        return False
+    return bool(np.all(np.isfinite(np.asarray(orientation, dtype=float))))
+
+
 def same_orientation(a, b, tol: float = ORIENTATION_TOLERANCE) -> bool:
     """True when two ImageOrientationPatient values agree within ``tol``."""
     return bool(np.max(np.abs(_as_orientation(a) - _as_orientation(b))) <= tol)
@@ -139,7 +148,11 @@ def frame_positions(ds) -> np.ndarray | None:
     orientation = frame_orientation(ds)
     if offsets is not None and orientation is not None and len(offsets) == frames:
         normal = slice_normal(orientation)
-        return origin + np.outer([float(v) for v in offsets], normal)
+        steps = np.asarray([float(v) for v in offsets])
+        axial = np.allclose(orientation, [1, 0, 0, 0, 1, 0], atol=1e-4)
+        if axial and steps[0] != 0 and abs(steps[0] - origin[2]) < 1e-3:
+            steps = steps - steps[0]  # PS3.3 C.8.8.3.2 (b): offsets are absolute z values
+        return origin + np.outer(steps, normal)
     if frames == 1:
         return origin[None, :]
     return None
@@ -156,7 +169,8 @@ def frame_orientation(ds) -> list[float] | None:
                 break
     if value is None or len(value) != 6:
         return None
-    return [float(v) for v in value]
+    orientation = [float(v) for v in value]
+    return orientation if is_valid_orientation(orientation) else None
 
 
 def pixel_spacing(ds) -> list[float] | None:
@@ -175,13 +189,13 @@ def pixel_spacing(ds) -> list[float] | None:
                 return [float(value[0]), float(value[1])]
         except (TypeError, ValueError):
             continue
-    regions = ds.get("SequenceOfUltrasoundRegions")
-    if regions:
-        region = regions[0]
+    for region in ds.get("SequenceOfUltrasoundRegions") or []:
         try:
-            dx, dy = float(region.PhysicalDeltaX), float(region.PhysicalDeltaY)
-            if dx > 0 and dy > 0:
-                return [abs(dy) * 10.0, abs(dx) * 10.0]
+            if (region.PhysicalUnitsXDirection, region.PhysicalUnitsYDirection) != (3, 3):
+                continue  # 3 = cm; other regions hold time, velocity or nothing spatial
+            dx, dy = abs(float(region.PhysicalDeltaX)), abs(float(region.PhysicalDeltaY))
         except (AttributeError, TypeError, ValueError):
-            pass
+            continue
+        if dx > 0 and dy > 0:
+            return [dy * 10.0, dx * 10.0]
     return None

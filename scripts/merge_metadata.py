@@ -86,7 +86,7 @@ def _orientation_clusters(orientations: list) -> list[int | None]:
     reps: list = []
     labels: list[int | None] = []
     for iop in orientations:
-        if iop is None or len(iop) != 6:
+        if iop is None or len(iop) != 6 or not geometry.is_valid_orientation(iop):
             labels.append(None)
             continue
         for i, rep in enumerate(reps):
@@ -176,7 +176,7 @@ def _positions(rows: list[dict], members: list[int]) -> np.ndarray | None:
 def _orientation_of(rows: list[dict], members: list[int]) -> list[float] | None:
     iop = rows[members[0]].get("ImageOrientationPatient")
     if iop is not None and len(iop) == 6:
-        return list(iop)
+        return list(iop) if geometry.is_valid_orientation(iop) else None
     if (rows[members[0]].get("NumberOfFrames") or 1) > 1:
         from pydicom.dataset import Dataset
 
