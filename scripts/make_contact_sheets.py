@@ -16,6 +16,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import matplotlib
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -34,8 +35,12 @@ SHEETS_SCHEMA = pa.schema(
     ]
 )
 
-TILE_INCHES = 2.6
 DPI = 100
+LABEL_PX = 18
+"""Height of the label band above each tile."""
+TITLE_PX = 48
+"""Height of the two-line title band at the top of the sheet."""
+GAP_PX = 4
 
 
 def grid_shape(n_tiles: int) -> tuple[int, int]:
@@ -86,22 +91,66 @@ def tile_label(row: dict) -> str:
     return f"{row['plane']} {where}"
 
 
+def montage(tiles: Sequence[np.ndarray], n_columns: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Place uint8 grey or RGB tiles, centred, in a preallocated RGB grid.
+
+    Parameters
+    ----------
+    tiles : sequence of (rows, columns) or (rows, columns, 3) ndarray of uint8
+    n_columns : int
+
+    Returns
+    -------
+    grid : (H, W, 3) ndarray of uint8
+        A new array; the tiles are not modified.
+    cell : tuple of int
+        ``(height, width)`` of one cell, label band included.
+    """
+    if not tiles:
+        raise ValueError("Argument 'tiles' must hold at least one image")
+    for tile in tiles:
+        if tile.ndim not in (2, 3) or (tile.ndim == 3 and tile.shape[2] != 3):
+            raise ValueError(
+                f"Each tile must be (rows, columns) or (rows, columns, 3), got {tile.shape}"
+            )
+    cell_h = max(t.shape[0] for t in tiles) + LABEL_PX + GAP_PX
+    cell_w = max(t.shape[1] for t in tiles) + GAP_PX
+    n_rows = -(-len(tiles) // n_columns)
+    grid = np.zeros((n_rows * cell_h, n_columns * cell_w, 3), dtype=np.uint8)
+    for i, tile in enumerate(tiles):
+        rgb = np.repeat(tile[:, :, None], 3, axis=2) if tile.ndim == 2 else tile
+        top = (i // n_columns) * cell_h + LABEL_PX + (cell_h - LABEL_PX - tile.shape[0]) // 2
+        left = (i % n_columns) * cell_w + (cell_w - tile.shape[1]) // 2
+        grid[top : top + tile.shape[0], left : left + tile.shape[1]] = rgb
+    return grid, (cell_h, cell_w)
+
+
 def draw_sheet(series: dict, tiles: list[tuple], target: Path) -> None:
-    """Draw tiles ``(image, label)`` in a grid under the series title and save as PNG."""
-    n_rows, n_cols = grid_shape(len(tiles))
-    fig = plt.figure(
-        figsize=(n_cols * TILE_INCHES, n_rows * TILE_INCHES + 0.7), dpi=DPI, facecolor="black"
+    """Draw tiles ``(image, label)`` in a grid under the series title and save as PNG.
+
+    The grid is placed pixel for pixel (no resampling of the thumbnails); matplotlib
+    draws the title and labels.
+    """
+    _, n_cols = grid_shape(len(tiles))
+    grid, (cell_h, cell_w) = montage([image for image, _ in tiles], n_cols)
+    height, width = grid.shape[0] + TITLE_PX, max(grid.shape[1], 360)
+    fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor="black")
+    fig.figimage(grid, xo=(width - grid.shape[1]) // 2, yo=0, origin="upper")
+    fig.text(
+        0.5,
+        1 - 4 / height,
+        sheet_title(series),
+        color="white",
+        fontsize=10,
+        ha="center",
+        va="top",
     )
-    fig.suptitle(sheet_title(series), color="white", fontsize=10, y=0.995, va="top")
-    top = 1 - 0.7 / (n_rows * TILE_INCHES + 0.7)
-    grid = fig.add_gridspec(
-        n_rows, n_cols, left=0.01, right=0.99, bottom=0.01, top=top, wspace=0.04, hspace=0.12
-    )
-    for i, (image, label) in enumerate(tiles):
-        ax = fig.add_subplot(grid[i // n_cols, i % n_cols])
-        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
-        ax.set_title(label, color="#dddddd", fontsize=7, pad=2)
-        ax.set_axis_off()
+    x0 = (width - grid.shape[1]) // 2
+    for i, (_, label) in enumerate(tiles):
+        row, col = divmod(i, n_cols)
+        x = x0 + col * cell_w + cell_w / 2
+        y = height - TITLE_PX - row * cell_h - 3
+        fig.text(x / width, y / height, label, color="#dddddd", fontsize=7, ha="center", va="top")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp.png")
     fig.savefig(tmp, dpi=DPI, facecolor="black", metadata={"Software": None})
