@@ -86,17 +86,25 @@ def header_window(ds, frame: int = 0) -> tuple[float, float] | None:
 
 
 def robust_window(values: np.ndarray) -> tuple[float, float]:
-    """Window spanning the 0.5–99.5 percentiles of finite values (width at least 1)."""
+    """Window spanning the 0.5–99.5 percentiles of finite values (width 1 when constant).
+
+    Widths below 1 are kept: float modality values such as RT dose in Gy span less.
+    """
     finite = np.asarray(values, dtype=np.float64)
     finite = finite[np.isfinite(finite)]
     if finite.size == 0:
         return 0.0, 1.0
     low, high = np.percentile(finite, PERCENTILE_WINDOW)
-    return float((low + high) / 2), float(max(high - low, 1.0))
+    width = float(high - low) if high > low else 1.0
+    return float((low + high) / 2), width
 
 
 def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
-    """Linear VOI window (PS3.3 C.11.2.1.2) to uint8 greys; returns a new array.
+    """VOI window to uint8 greys; returns a new array.
+
+    LINEAR (PS3.3 C.11.2.1.2) for width > 1, a threshold at ``center - 0.5`` for width 1,
+    and LINEAR_EXACT (C.11.2.1.3.2) for widths below 1, which only float modality
+    values (e.g. dose) can need.
 
     Parameters
     ----------
@@ -104,9 +112,15 @@ def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
     """
     if values.ndim != 2:
         raise ValueError(f"Argument 'values' must be 2-D, got {values.ndim}-D")
-    if width < 1:
-        width = 1.0
-    scaled = ((values.astype(np.float64) - (center - 0.5)) / (width - 1) + 0.5) * 255.0
+    if not width > 0:
+        raise ValueError(f"Argument 'width' must be > 0, got {width}")
+    x = values.astype(np.float64)
+    if width > 1:
+        scaled = ((x - (center - 0.5)) / (width - 1) + 0.5) * 255.0
+    elif width == 1:
+        scaled = np.where(x > center - 0.5, 255.0, 0.0)
+    else:
+        scaled = ((x - center) / width + 0.5) * 255.0
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 

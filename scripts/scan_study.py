@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from sharding import bucket_count, stable_bucket
@@ -19,13 +19,14 @@ from sharding import bucket_count, stable_bucket
 log = logging.getLogger("scan_study")
 
 
-def walk_files(study: Path) -> Iterator[tuple[str, int]]:
-    """Yield ``(relative posix path, size)`` of every regular file, in sorted order.
+def walk_files(study: Path) -> list[tuple[str, int]]:
+    """``(relative posix path, size)`` of every regular file, sorted by path.
 
     Symlinks to files are listed like files; symlinked folders are not followed,
     which also keeps symlink loops from running forever.
     """
     unreadable: list[str] = []
+    files: list[tuple[str, int]] = []
 
     def onerror(exc: OSError) -> None:
         unreadable.append(exc.filename)
@@ -40,9 +41,10 @@ def walk_files(study: Path) -> Iterator[tuple[str, int]]:
                 size = os.path.getsize(full)
             except OSError:
                 continue
-            yield Path(os.path.relpath(full, study)).as_posix(), size
+            files.append((Path(os.path.relpath(full, study)).as_posix(), size))
     if unreadable:
         log.warning("%d folder(s) could not be listed (permission denied?)", len(unreadable))
+    return sorted(files)
 
 
 def assign_shards(files: Sequence[tuple[str, int]], files_per_shard: int) -> dict[int, list]:
@@ -82,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.study.is_dir():
         print(f"scan_study: study folder not found: {args.study}", file=sys.stderr)
         return 2
-    files = list(walk_files(args.study))
+    files = walk_files(args.study)
     if not files:
         print(f"scan_study: study folder has no files: {args.study}", file=sys.stderr)
         return 2

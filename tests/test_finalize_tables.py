@@ -1,0 +1,156 @@
+"""Tests for scripts/finalize_tables.py on slices and errors from the real demo study."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+import demo
+import finalize_tables
+import render_thumbnails
+import save_slices
+import table_schema
+
+UNDECODABLE = (demo.MR_TRUNCATED, demo.NM_JPEG_EXTENDED, demo.JPEG_LOSSY)
+"""Demo files whose header reads but whose pixels do not decode (slice-stage errors)."""
+NOT_INDEXED = (demo.NO_META, demo.ZIP_MR, demo.RTPLAN_TRUNCATED)
+"""Demo files that never become instances (extract-stage errors)."""
+
+
+def relative(path) -> str:
+    return path.relative_to(demo.STUDY).as_posix()
+
+
+def batches(series_path) -> list[int]:
+    column = pq.read_table(series_path, columns=["batch"]).column("batch").drop_null()
+    return sorted(set(column.to_pylist()))
+
+
+def sort_key(row: dict) -> tuple:
+    """Python's view of the table order: path, severity, reason, detail, stage; nulls last."""
+    return tuple(
+        (row[c] is None, row[c] or "") for c in ("path", "severity", "reason", "detail", "stage")
+    )
+
+
+@pytest.fixture(scope="module")
+def parts(demo_metadata, tmp_path_factory):
+    """Per-batch manifests, thumbnails and slice errors, plus the extract errors."""
+    results = tmp_path_factory.mktemp("finalize")
+    work = results / "_work"
+    found = {"results": results, "manifests": [], "thumbnails": [], "slice_errors": []}
+    for batch in batches(demo_metadata["series"]):
+        manifest = work / f"batch_{batch}.manifest.parquet"
+        errors = work / f"batch_{batch}.errors.parquet"
+        thumbs = work / f"batch_{batch}.thumbnails.parquet"
+        args = ["--study", str(demo.STUDY), "--results", str(results)]
+        args += ["--instances", str(demo_metadata["instances"])]
+        args += ["--series", str(demo_metadata["series"]), "--batch", str(batch)]
+        assert save_slices.main(args + ["--manifest", str(manifest), "--errors", str(errors)]) == 0
+        args = ["--results", str(results), "--manifest", str(manifest), "--out", str(thumbs)]
+        assert render_thumbnails.main(args) == 0
+        found["manifests"].append(str(manifest))
+        found["thumbnails"].append(str(thumbs))
+        found["slice_errors"].append(str(errors))
+    found["error_parts"] = [str(demo_metadata["errors"]), *found["slice_errors"]]
+    return found
+
+
+@pytest.fixture(scope="module")
+def finalized(parts):
+    slices = parts["results"] / "metadata" / "slices.parquet"
+    errors = parts["results"] / "metadata" / "errors.parquet"
+    args = ["--manifests", *parts["manifests"], "--thumbnails", *parts["thumbnails"]]
+    args += ["--error-parts", *parts["error_parts"], "--slices", str(slices)]
+    assert finalize_tables.main(args + ["--errors", str(errors)]) == 0
+    return {"slices": pq.read_table(slices), "errors": pq.read_table(errors), **parts}
+
+
+def read_rows(paths) -> list[dict]:
+    return [row for p in paths for row in pq.read_table(p).to_pylist()]
+
+
+class TestSlicesTable:
+    def test_every_manifest_row_appears_once(self, parts):
+        table = finalize_tables.slices_table(parts["manifests"], parts["thumbnails"])
+        manifest = read_rows(parts["manifests"])
+        assert len(manifest) >= 15
+        assert sorted(table.column("png_path").to_pylist()) == sorted(
+            r["png_path"] for r in manifest
+        )
+
+    def test_thumbnail_facts_are_joined_onto_each_slice(self, parts):
+        table = finalize_tables.slices_table(parts["manifests"], parts["thumbnails"])
+        thumbs = {r["png_path"]: r for r in read_rows(parts["thumbnails"])}
+        for row in table.to_pylist():
+            thumb = thumbs[row["png_path"]]
+            assert row["window_source"] in ("header", "preset", "percentile", "colour")
+            for column in ("window_source", "window_center_used", "png_height", "png_width"):
+                assert row[column] == thumb[column], (column, row["png_path"])
+
+    def test_slices_are_sorted_by_series_plane_and_index(self, parts):
+        rows = finalize_tables.slices_table(parts["manifests"], parts["thumbnails"]).to_pylist()
+        keys = [(r["series_key"], r["plane"], r["index"]) for r in rows]
+        assert keys == sorted(keys)
+
+    def test_table_has_the_slices_schema(self, parts):
+        table = finalize_tables.slices_table(parts["manifests"], parts["thumbnails"])
+        assert table.schema.equals(finalize_tables.SLICES_SCHEMA)
+        assert "window_source" in table.column_names
+
+    def test_slices_without_thumbnails_keep_null_render_facts(self, parts):
+        table = finalize_tables.slices_table(parts["manifests"], [])
+        assert table.num_rows == len(read_rows(parts["manifests"]))
+        assert table.column("window_source").null_count == table.num_rows
+
+
+class TestErrorsTable:
+    def test_errors_include_extract_and_slice_stage_rows(self, parts):
+        table = finalize_tables.errors_table(parts["error_parts"])
+        assert {"extract", "save_slices"} <= set(table.column("stage").to_pylist())
+
+    @pytest.mark.parametrize(
+        ("path", "stage"),
+        [pytest.param(p, "extract", id=f"extract-{p.name}") for p in NOT_INDEXED]
+        + [pytest.param(p, "save_slices", id=f"slices-{p.name}") for p in UNDECODABLE],
+    )
+    def test_each_known_bad_file_has_a_row_of_its_stage(self, parts, path, stage):
+        rows = finalize_tables.errors_table(parts["error_parts"]).to_pylist()
+        assert any(r["path"] == relative(path) and r["stage"] == stage for r in rows)
+
+    def test_errors_are_sorted_by_path_severity_reason_detail_and_stage(self, parts):
+        rows = finalize_tables.errors_table(parts["error_parts"]).to_pylist()
+        assert len(rows) > 2
+        assert rows == sorted(rows, key=sort_key)
+
+    def test_errors_keep_every_row_of_every_part(self, parts):
+        rows = finalize_tables.errors_table(parts["error_parts"]).to_pylist()
+        expected = read_rows(parts["error_parts"])
+        assert sorted(rows, key=sort_key) == sorted(expected, key=sort_key)
+
+    def test_part_order_does_not_change_the_table(self, parts):
+        forward = finalize_tables.errors_table(parts["error_parts"])
+        backward = finalize_tables.errors_table(list(reversed(parts["error_parts"])))
+        assert forward.equals(backward)
+
+    def test_no_parts_give_an_empty_table_with_the_errors_schema(self):
+        table = finalize_tables.errors_table([])
+        assert table.num_rows == 0
+        assert table.schema.equals(table_schema.ERRORS_SCHEMA)
+
+
+class TestMain:
+    def test_main_writes_slices_and_errors_tables(self, finalized):
+        assert finalized["slices"].num_rows == len(read_rows(finalized["manifests"]))
+        assert finalized["errors"].num_rows == len(read_rows(finalized["error_parts"]))
+        assert finalized["slices"].column("window_source").null_count == 0
+
+    def test_tables_are_byte_identical_across_two_runs(self, finalized, tmp_path):
+        paths = {name: tmp_path / f"{name}.parquet" for name in ("slices", "errors")}
+        args = ["--manifests", *finalized["manifests"], "--thumbnails", *finalized["thumbnails"]]
+        args += ["--error-parts", *finalized["error_parts"]]
+        args += ["--slices", str(paths["slices"]), "--errors", str(paths["errors"])]
+        assert finalize_tables.main(args) == 0
+        metadata = finalized["results"] / "metadata"
+        for name, path in paths.items():
+            assert path.read_bytes() == (metadata / f"{name}.parquet").read_bytes(), name
