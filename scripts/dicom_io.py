@@ -139,6 +139,30 @@ def _expected_pixel_bytes(ds: Dataset) -> int | None:
     return rows * columns * frames * samples * (bits // 8)
 
 
+def _is_little_endian(ds: Dataset) -> bool:
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    return True if little is None else bool(little)
+
+
+def _check_fragments(fp, size: int, little: bool) -> str | None:
+    """Walk encapsulated pixel data item by item (headers only); describe a cut-off, if any."""
+    endian = "<" if little else ">"
+    position = fp.tell()
+    while True:
+        fp.seek(position)
+        head = fp.read(8)
+        if len(head) < 8:
+            return f"encapsulated pixel data ends without a sequence delimiter at byte {position}"
+        group, element, length = struct.unpack(endian + "HHL", head)
+        if (group, element) == (0xFFFE, 0xE0DD):
+            return None
+        if (group, element) != (0xFFFE, 0xE000):
+            return f"unexpected tag ({group:04X},{element:04X}) in encapsulated pixel data"
+        position += 8 + length
+        if position > size:
+            return f"pixel data fragment needs {position - size} more bytes than the file holds"
+
+
 def _pixel_element_header(fp, ds: Dataset) -> tuple[int, int | None] | None:
     """Read the tag and length of the element where a header-only read stopped.
 
@@ -211,7 +235,8 @@ def read_header(path: str | os.PathLike) -> HeaderRead:
         except FileProblem:
             raise
         except Exception as exc:  # pydicom raises many types on corrupt input
-            reason = "truncated" if _was_truncated(fp.short_reads) else "unreadable_header"
+            # any short read before the failure means the file ended under the parser
+            reason = "truncated" if fp.short_reads else "unreadable_header"
             raise FileProblem(reason, f"{type(exc).__name__}: {short_message(exc)}") from exc
         if _was_truncated(fp.short_reads):
             raise FileProblem(
@@ -223,9 +248,28 @@ def read_header(path: str | os.PathLike) -> HeaderRead:
             raise FileProblem(
                 "not_dicom", "no DICM marker and no DICOM identifiers in the parsed data"
             )
+        if _is_deflated(ds):
+            return _deflated_pixel_facts(path)
         return _with_pixel_facts(ds, fp, size)
     finally:
         raw.close()
+
+
+def _is_deflated(ds: Dataset) -> bool:
+    """Deflated files are inflated into pydicom's own buffer, so file offsets do not apply."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    return syntax == pydicom.uid.DeflatedExplicitVRLittleEndian
+
+
+def _deflated_pixel_facts(path) -> HeaderRead:
+    """Header of a deflated file from a full read (rare syntax; the whole file is small)."""
+    full = pydicom.dcmread(path)
+    has_pixels = any(tag in full for tag in PIXEL_TAGS)
+    for tag in PIXEL_TAGS:
+        if tag in full:
+            del full[tag]
+    return HeaderRead(full, has_pixels=has_pixels)
 
 
 def _plausible_raw_dataset(ds: Dataset) -> bool:
@@ -244,13 +288,18 @@ def _with_pixel_facts(ds: Dataset, fp, size: int) -> HeaderRead:
     warnings: list[tuple[str, str]] = []
     element = _pixel_element_header(fp, ds)
     if element is None:
+        if fp.tell() >= size and _expected_pixel_bytes(ds):
+            warnings.append(
+                ("truncated", "image pixel module present but the file ends before pixel data")
+            )
         return HeaderRead(ds, has_pixels=False, warnings=warnings)
     _, length = element
     available = size - fp.tell()
     if length is None:
         has_pixels = available > 0
-        if not has_pixels:
-            warnings.append(("truncated", "encapsulated pixel data has no bytes"))
+        problem = _check_fragments(fp, size, little=_is_little_endian(ds))
+        if problem:
+            warnings.append(("truncated", problem))
         return HeaderRead(ds, has_pixels=has_pixels, warnings=warnings)
     if length == 0:
         return HeaderRead(ds, has_pixels=False, warnings=warnings)

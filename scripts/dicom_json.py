@@ -1,15 +1,16 @@
 """The whole header as the DICOM JSON model (PS3.18 F.2), one element at a time.
 
 ``Dataset.to_json_dict`` raises for a whole file when a single vendor value is
-malformed; here a bad element is kept as raw bytes (vr ``UN``, InlineBinary) and
-reported, so one bad element never costs the rest of the header.
+malformed; here a bad element is left out and reported with its raw value, so one
+bad element never costs the rest of the header and the JSON still loads with
+``Dataset.from_json`` (which rejects such values even when stored as UN).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
@@ -17,6 +18,16 @@ BULK_THRESHOLD = 1024
 """Binary values longer than this many bytes are bulk data and left out."""
 
 _BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
+
+
+def _vr_of(tag: int, vr: str | None) -> str:
+    """The element's VR; implicit-VR raw elements carry none, so ask the dictionary."""
+    if vr:
+        return vr
+    try:
+        return dictionary_VR(tag).split(" or ")[0]
+    except KeyError:
+        return "UN"  # private or unknown tag: its bytes are opaque
 
 
 def _is_bulk(tag: int, vr: str | None, length: int) -> bool:
@@ -27,7 +38,7 @@ def _is_bulk(tag: int, vr: str | None, length: int) -> bool:
         and (tag & 0xFFFF) == 0x3000
     ):
         return True
-    return (vr in _BINARY_VRS or vr is None) and length > BULK_THRESHOLD
+    return _vr_of(tag, vr) in _BINARY_VRS and length > BULK_THRESHOLD
 
 
 def _raw_length(raw) -> int:
@@ -71,14 +82,8 @@ def dataset_to_json_dict(ds: Dataset, problems: list[str], prefix: str = "") -> 
                 entry = elem.to_json_dict(None, BULK_THRESHOLD)
                 json.dumps(entry, allow_nan=False)  # values must serialise as standard JSON
                 out[key] = entry
-        except Exception as exc:  # noqa: BLE001 - any vendor oddity becomes a raw element
+        except Exception as exc:  # noqa: BLE001 - any vendor oddity costs only its element
             problems.append(f"{prefix}{key} {vr}: {type(exc).__name__}: {exc}"[:300])
-            raw_bytes = raw.value if isinstance(raw, RawDataElement) else None
-            if isinstance(raw_bytes, (bytes, bytearray)):
-                out[key] = {
-                    "vr": "UN",
-                    "InlineBinary": base64.b64encode(bytes(raw_bytes)).decode("ascii"),
-                }
     return out
 
 

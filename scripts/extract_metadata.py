@@ -47,11 +47,11 @@ def instance_row(
         except Exception as exc:  # noqa: BLE001 - vendor values fail in many ways
             row[keyword] = None
             warnings.append(("malformed_value", f"{keyword}: {type(exc).__name__}: {exc}"[:300]))
-    if row.get("NumberOfFrames") is None:
-        row["NumberOfFrames"] = 1
+    if _element_value(header, "NumberOfFrames") in (None, ""):
+        row["NumberOfFrames"] = 1  # absent means one frame; a malformed value stays null
     text, problems = header_json(header.dataset)
     row["header_json"] = text
-    warnings += [("malformed_value", f"header_json kept raw: {p}") for p in problems]
+    warnings += [("malformed_value", f"left out of header_json: {p}") for p in problems]
     missing = [u for u in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not row[u]]
     if missing:
         warnings.append(("empty_uid", f"empty or missing: {', '.join(missing)}"))

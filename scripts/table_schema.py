@@ -153,11 +153,19 @@ def _scalar(v, typ: pa.DataType):
         return number
     if pa.types.is_integer(typ):
         if isinstance(v, int):
-            return int(v)
-        number = float(str(v).strip())
-        if not number.is_integer():
-            raise ValueError(f"not an integer: {v!r}")
-        return int(number)
+            number = int(v)
+        else:
+            text = str(v).strip()
+            try:
+                number = int(text)
+            except ValueError:
+                as_float = float(text)
+                if not as_float.is_integer():
+                    raise ValueError(f"not an integer: {v!r}") from None
+                number = int(as_float)
+        if not -(2**63) <= number < 2**63:
+            raise ValueError(f"integer out of int64 range: {v!r}")
+        return number
     if pa.types.is_date(typ):
         text = str(v).strip().replace(".", "").replace("-", "")
         return dt.datetime.strptime(text, "%Y%m%d").date()
