@@ -199,3 +199,99 @@ def pixel_spacing(ds) -> list[float] | None:
         if dx > 0 and dy > 0:
             return [dy * 10.0, dx * 10.0]
     return None
+
+
+PLANE_NORMAL_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
+"""Patient (LPS) axis normal to each anatomical plane."""
+
+DISPLAY_AXES = {
+    "axial": ((1, +1), (0, +1)),
+    "coronal": ((2, -1), (0, +1)),
+    "sagittal": ((2, -1), (1, +1)),
+}
+"""Radiological display: (patient axis, direction) of image rows (top→bottom) and columns
+(left→right). Axial: anterior at top, patient right on the left; coronal and sagittal:
+superior at top, patient right (coronal) or anterior (sagittal) on the left."""
+
+
+def voxel_axes(orientation) -> dict[int, tuple[int, int]] | None:
+    """Map each patient axis to ``(volume axis, sign)`` for a (slice, row, column) volume.
+
+    Volume axis 0 runs along the slice normal, 1 along the column direction
+    (ImageOrientationPatient[3:]), 2 along the row direction ([:3]). Returns None for
+    oblique volumes, whose axes do not each follow one patient axis.
+    """
+    arr = _as_orientation(orientation)
+    directions = {
+        0: slice_normal(arr),
+        1: arr[3:] / np.linalg.norm(arr[3:]),
+        2: arr[:3] / np.linalg.norm(arr[:3]),
+    }
+    mapping: dict[int, tuple[int, int]] = {}
+    for axis, direction in directions.items():
+        patient = int(np.argmax(np.abs(direction)))
+        if abs(direction[patient]) < PLANE_THRESHOLD or patient in mapping:
+            return None
+        mapping[patient] = (axis, 1 if direction[patient] > 0 else -1)
+    return mapping
+
+
+def reformat_volume(
+    volume: np.ndarray,
+    orientation,
+    pixel_spacing,
+    slice_spacing: float,
+    origin,
+    plane: str,
+) -> tuple[np.ndarray, tuple[float, float], np.ndarray]:
+    """Reslice an axis-aligned volume into an anatomical plane, in radiological display order.
+
+    Parameters
+    ----------
+    volume : (slices, rows, columns) ndarray
+        Slices in patient order along the normal (ascending projection).
+    orientation : (6,) array_like of float
+        ImageOrientationPatient of the stack.
+    pixel_spacing : (2,) array_like of float
+        Row and column spacing in mm.
+    slice_spacing : float
+        Distance between slices along the normal, mm.
+    origin : (3,) array_like of float
+        ImagePositionPatient of the first slice.
+    plane : {'axial', 'coronal', 'sagittal'}
+
+    Returns
+    -------
+    slices : (n, rows, columns) ndarray
+        A new array (the caller's volume is not modified), slices in ascending patient
+        coordinate along the plane's normal.
+    spacing : tuple of float
+        Row and column spacing of the new slices, mm.
+    positions : (n,) ndarray of float
+        Patient coordinate (mm) of each slice along the plane's normal axis.
+    """
+    if volume.ndim != 3:
+        raise ValueError(
+            f"Argument 'volume' must be 3-D (slices, rows, columns), got {volume.ndim}-D"
+        )
+    if plane not in PLANE_NORMAL_AXIS:
+        raise ValueError(f"Argument 'plane' must be axial, coronal or sagittal, got {plane!r}")
+    mapping = voxel_axes(orientation)
+    if mapping is None:
+        raise ValueError("Argument 'orientation' is oblique; only axis-aligned volumes reslice")
+    spacing = {0: float(slice_spacing), 1: float(pixel_spacing[0]), 2: float(pixel_spacing[1])}
+    normal_p = PLANE_NORMAL_AXIS[plane]
+    (row_p, row_sign), (col_p, col_sign) = DISPLAY_AXES[plane]
+    normal_axis, normal_sign = mapping[normal_p]
+    row_axis, row_dir = mapping[row_p]
+    col_axis, col_dir = mapping[col_p]
+    out = np.transpose(volume, (normal_axis, row_axis, col_axis))
+    if row_dir != row_sign:
+        out = out[:, ::-1, :]
+    if col_dir != col_sign:
+        out = out[:, :, ::-1]
+    steps = np.arange(out.shape[0]) * spacing[normal_axis] * normal_sign
+    positions = float(np.asarray(origin, dtype=float)[normal_p]) + steps
+    if normal_sign < 0:
+        out, positions = out[::-1], positions[::-1]
+    return np.ascontiguousarray(out), (spacing[row_axis], spacing[col_axis]), positions

@@ -61,6 +61,21 @@ def sample_evenly(items: list, count: int) -> list:
     return [items[round(i * step)] for i in range(count)]
 
 
+PLANE_ORDER = ("acquired", "axial", "coronal", "sagittal", "oblique")
+
+
+def choose_tiles(rows: list[dict], max_tiles: int) -> list[dict]:
+    """Tiles for one sheet: an even sample of each plane's slices, the planes sharing the
+    tile budget (at least one tile each), acquired or axial first.
+    """
+    by_plane: dict[str, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: r["index"]):
+        by_plane.setdefault(row["plane"], []).append(row)
+    planes = sorted(by_plane, key=lambda p: (PLANE_ORDER.index(p) if p in PLANE_ORDER else 9, p))
+    per_plane = max(1, max_tiles // len(planes))
+    return [row for plane in planes for row in sample_evenly(by_plane[plane], per_plane)]
+
+
 def sheet_title(series: dict) -> str:
     """Two-line title with series facts only (no patient identifiers)."""
     number = series.get("SeriesNumber")
@@ -169,8 +184,7 @@ def make_sheets(
     facts = {s["series_key"]: s for s in series}
     out = []
     for key in sorted(rows_by_key):
-        rows = sorted(rows_by_key[key], key=lambda r: (r["plane"], r["index"]))
-        chosen = sample_evenly(rows, max_tiles)
+        chosen = choose_tiles(rows_by_key[key], max_tiles)
         tiles = [(iio.imread(results / r["png_path"]), tile_label(r)) for r in chosen]
         sheet = f"contact_sheets/{key}.png"
         draw_sheet(facts[key], tiles, results / sheet)

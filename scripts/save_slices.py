@@ -68,6 +68,7 @@ class Frame:
     n_frames: int
     position: float | None
     instance_number: int | None
+    xyz: tuple[float, float, float] | None = None
 
 
 def stack_frames(instances: list[dict], orientation) -> list[Frame]:
@@ -97,8 +98,8 @@ def stack_frames(instances: list[dict], orientation) -> list[Frame]:
     if positions is not None and len(positions) == len(frames):
         projected = geometry.project_positions(positions, orientation)
         frames = [
-            Frame(fr.path, fr.frame, fr.n_frames, round(float(z), 4), fr.instance_number)
-            for fr, z in zip(frames, projected, strict=True)
+            Frame(fr.path, fr.frame, fr.n_frames, round(float(z), 4), fr.instance_number, tuple(p))
+            for fr, z, p in zip(frames, projected, positions, strict=True)
         ]
         order = np.argsort(projected, kind="stable")
         return [frames[i] for i in order]
@@ -108,10 +109,26 @@ def stack_frames(instances: list[dict], orientation) -> list[Frame]:
     )
 
 
-def select_indices(n: int, count: int) -> list[int]:
-    """``count`` evenly spaced, centred indices into ``n`` slices (odd counts hold the middle)."""
+ANATOMICAL_PLANES = ("axial", "coronal", "sagittal")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which slices to save: planes, and either a count or fractions along each plane."""
+
+    count: int = 9
+    fractions: tuple[float, ...] = ()
+    planes: tuple[str, ...] = ("acquired",)
+
+
+def select_indices(n: int, count: int, fractions: Sequence[float] = ()) -> list[int]:
+    """Indices into ``n`` slices: at ``fractions`` (0 = first, 1 = last) when given, else
+    ``count`` evenly spaced, centred indices (odd counts hold the middle).
+    """
     if n <= 0:
         return []
+    if fractions:
+        return sorted({min(n - 1, max(0, int(np.floor(f * (n - 1) + 0.5)))) for f in fractions})
     if count >= n:
         return list(range(n))
     picks = [int(np.floor((i + 1) / (count + 1) * (n - 1) + 0.5)) for i in range(count)]
@@ -152,67 +169,166 @@ def save_npy(array: np.ndarray, target: Path) -> None:
     os.replace(tmp, target)
 
 
+def _undecodable(path: str, exc: BaseException) -> dict:
+    return {
+        "path": path,
+        "reason": "undecodable_pixels",
+        "detail": dicom_io.short_message(exc, 300),
+        "severity": "warning",
+        "stage": "save_slices",
+    }
+
+
+class FrameDecoder:
+    """Decode frames of a stack, reading each file once while its frames are wanted."""
+
+    def __init__(self, study: Path):
+        self.study = study
+        self.failed: dict[str, BaseException] = {}
+        self._path: str | None = None
+        self._ds: Dataset | None = None
+
+    def decode(self, frame: Frame) -> tuple[np.ndarray, str, str, Dataset]:
+        """Values, units, photometric and header of one frame; raises when undecodable."""
+        if frame.path in self.failed:
+            raise self.failed[frame.path]
+        try:
+            if frame.path != self._path:
+                self._path, self._ds = frame.path, None
+                self._ds = dicom_io.read_for_pixels(self.study / frame.path)
+            values, units, photometric = slice_values(
+                decode_frame(self._ds, frame), self._ds, frame.frame
+            )
+        except Exception as exc:  # noqa: BLE001 - decoders raise many types
+            self.failed[frame.path] = exc
+            raise
+        return values, units, photometric, self._ds
+
+
+def _record(key, plane, index, n, npy, values, **facts) -> dict:
+    """One manifest row; the .npy path names the plane and the slice's index in it."""
+    return {
+        "series_key": key,
+        "plane": plane,
+        "index": index,
+        "n_in_plane": n,
+        "npy_path": npy,
+        "png_path": npy.replace("slices/", "thumbnails/", 1).removesuffix(".npy") + ".png",
+        "rows": int(values.shape[0]),
+        "columns": int(values.shape[1]),
+        **facts,
+    }
+
+
+def planes_to_save(series: dict, selection: Selection) -> tuple[str, list[str]]:
+    """Name of the acquired plane and the reformatted planes to make for this series.
+
+    Reformats need a volume (``is_volume``) that is axis-aligned and monochrome.
+    """
+    acquired = series.get("orientation") or "acquired"
+    wanted = [acquired if p == "acquired" else p for p in selection.planes]
+    reformats = [p for p in dict.fromkeys(wanted) if p in ANATOMICAL_PLANES and p != acquired]
+    can_reslice = (
+        series.get("is_volume")
+        and acquired in ANATOMICAL_PLANES
+        and str(series.get("PhotometricInterpretation") or "").startswith("MONOCHROME")
+    )
+    return acquired, (reformats if can_reslice else [])
+
+
 def save_series(
-    study: Path, results: Path, series: dict, instances: list[dict], count: int
+    study: Path, results: Path, series: dict, instances: list[dict], selection: Selection
 ) -> tuple[list[dict], list[dict]]:
-    """Save the selected slices of one series; returns manifest rows and error rows."""
+    """Save the selected slices of one series; returns manifest rows and error rows.
+
+    Only the chosen frames are decoded, unless a reformatted plane is asked for, which
+    needs the whole stack.
+    """
     orientation = series.get("ImageOrientationPatient")
     frames = stack_frames(instances, orientation)
-    plane = series.get("orientation") or "acquired"
+    acquired, reformats = planes_to_save(series, selection)
     key = series["series_key"]
+    decoder = FrameDecoder(study)
     manifest, errors = [], []
-    failed: set[str] = set()
-    datasets: dict[str, Dataset] = {}  # one read per file, however many of its frames are saved
-    for index in select_indices(len(frames), count):
-        frame = frames[index]
-        if frame.path in failed:
-            continue
+    acquired_wanted = (
+        acquired in [acquired if p == "acquired" else p for p in selection.planes] or not reformats
+    )
+    volume = None
+    if reformats:
         try:
-            if frame.path not in datasets:
-                datasets.clear()
-                datasets[frame.path] = dicom_io.read_for_pixels(study / frame.path)
-            ds = datasets[frame.path]
-            values, units, photometric = slice_values(decode_frame(ds, frame), ds, frame.frame)
-        except Exception as exc:  # noqa: BLE001 - decoders raise many types
-            failed.add(frame.path)
-            errors.append(
-                {
-                    "path": frame.path,
-                    "reason": "undecodable_pixels",
-                    "detail": dicom_io.short_message(exc, 300),
-                    "severity": "warning",
-                    "stage": "save_slices",
-                }
+            volume = np.stack([decoder.decode(f)[0] for f in frames])
+        except Exception as exc:  # noqa: BLE001 - fall back to the acquired plane alone
+            errors.append(_undecodable(next(iter(decoder.failed), frames[0].path), exc))
+            reformats, acquired_wanted = [], True
+    if acquired_wanted:
+        for index in select_indices(len(frames), selection.count, selection.fractions):
+            frame = frames[index]
+            try:
+                values, units, photometric, ds = decoder.decode(frame)
+            except Exception as exc:  # noqa: BLE001
+                if not any(e["path"] == frame.path for e in errors):
+                    errors.append(_undecodable(frame.path, exc))
+                continue
+            npy = f"slices/{key}/{acquired}_{index:04d}.npy"
+            save_npy(values, results / npy)
+            window = rendering.header_window(ds, frame.frame)
+            manifest.append(
+                _record(
+                    key,
+                    acquired,
+                    index,
+                    len(frames),
+                    npy,
+                    values,
+                    source_path=frame.path,
+                    frame=frame.frame,
+                    position_mm=frame.position,
+                    pixel_spacing_mm=geometry.pixel_spacing(ds),
+                    value_units=units,
+                    photometric=photometric,
+                    window_center=window[0] if window else None,
+                    window_width=window[1] if window else None,
+                )
             )
-            continue
-        name = f"{plane}_{index:04d}"
-        npy = f"slices/{key}/{name}.npy"
-        save_npy(values, results / npy)
-        window = rendering.header_window(ds, frame.frame)
-        manifest.append(
-            {
-                "series_key": key,
-                "plane": plane,
-                "index": index,
-                "n_in_plane": len(frames),
-                "npy_path": npy,
-                "png_path": f"thumbnails/{key}/{name}.png",
-                "source_path": frame.path,
-                "frame": frame.frame,
-                "position_mm": frame.position,
-                "pixel_spacing_mm": geometry.pixel_spacing(ds),
-                "value_units": units,
-                "photometric": photometric,
-                "window_center": window[0] if window else None,
-                "window_width": window[1] if window else None,
-                "rows": int(values.shape[0]),
-                "columns": int(values.shape[1]),
-            }
-        )
+    if reformats and volume is not None:
+        values, units, photometric, ds = decoder.decode(frames[len(frames) // 2])
+        window = rendering.header_window(ds, frames[len(frames) // 2].frame)
+        for plane in reformats:
+            slices, spacing, positions = geometry.reformat_volume(
+                volume,
+                orientation,
+                series["PixelSpacing"],
+                series["slice_spacing"],
+                frames[0].xyz,
+                plane,
+            )
+            for index in select_indices(len(slices), selection.count, selection.fractions):
+                npy = f"slices/{key}/{plane}_{index:04d}.npy"
+                save_npy(slices[index], results / npy)
+                manifest.append(
+                    _record(
+                        key,
+                        plane,
+                        index,
+                        len(slices),
+                        npy,
+                        slices[index],
+                        source_path=None,
+                        frame=None,
+                        position_mm=round(float(positions[index]), 4),
+                        pixel_spacing_mm=list(spacing),
+                        value_units=units,
+                        photometric=photometric,
+                        window_center=window[0] if window else None,
+                        window_width=window[1] if window else None,
+                    )
+                )
     return manifest, errors
 
 
-def save_batch(study: Path, results: Path, instances_path, series_path, batch: int, count: int):
+def save_batch(
+    study: Path, results: Path, instances_path, series_path, batch: int, selection: Selection
+):
     """Save slices for every series of ``batch``; returns manifest and errors tables."""
     series = pq.read_table(series_path, filters=[("batch", "=", batch)]).to_pylist()
     keys = [s["series_key"] for s in series]
@@ -228,7 +344,7 @@ def save_batch(study: Path, results: Path, instances_path, series_path, batch: i
         by_key.setdefault(row["series_key"], []).append(row)
     manifest, errors = [], []
     for record in sorted(series, key=lambda s: s["series_key"]):
-        m, e = save_series(study, results, record, by_key.get(record["series_key"], []), count)
+        m, e = save_series(study, results, record, by_key.get(record["series_key"], []), selection)
         manifest += m
         errors += e
     return (
@@ -244,7 +360,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--instances", required=True)
     parser.add_argument("--series", required=True)
     parser.add_argument("--batch", required=True, type=int)
-    parser.add_argument("--count", type=int, default=3, help="slices to save per series")
+    parser.add_argument("--count", type=int, default=9, help="slices per plane, evenly spaced")
+    parser.add_argument(
+        "--fractions", type=float, nargs="*", default=[], help="slice positions in 0..1 instead"
+    )
+    parser.add_argument(
+        "--planes",
+        nargs="+",
+        default=["acquired"],
+        choices=("acquired", *ANATOMICAL_PLANES),
+        help="acquired plane and/or reformatted anatomical planes (volumes only)",
+    )
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--errors", required=True)
     return parser.parse_args(argv)
@@ -255,7 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     manifest, errors = save_batch(
-        args.study, args.results, args.instances, args.series, args.batch, args.count
+        args.study,
+        args.results,
+        args.instances,
+        args.series,
+        args.batch,
+        Selection(args.count, tuple(args.fractions), tuple(args.planes)),
     )
     for target, table in ((args.manifest, manifest), (args.errors, errors)):
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)

@@ -332,3 +332,27 @@ class TestPixelSpacing:
         assert [int(r.PhysicalUnitsXDirection) for r in regions] == [3, 4]
         regions.insert(0, regions.pop(1))
         assert geometry.pixel_spacing(ds) == pytest.approx([0.2622878766196998] * 2)
+
+
+class TestReformatVolume:
+    SAGITTAL = [0, 1, 0, 0, 0, -1]
+
+    def test_reslices_without_touching_the_callers_volume(self):
+        volume = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+        before = volume.copy()
+        out, spacing, positions = geometry.reformat_volume(
+            volume, self.SAGITTAL, [1.0, 2.0], 3.0, [0.0, 0.0, 0.0], "axial"
+        )
+        np.testing.assert_array_equal(volume, before)
+        assert out.shape == (5, 6, 4)  # slices along z (rows), rows A→P, columns R→L
+        assert spacing == (2.0, 3.0)
+        assert list(positions) == sorted(positions)
+
+    def test_oblique_orientation_is_refused_naming_the_argument(self):
+        oblique = [0.7071, 0.7071, 0, -0.7071, 0.7071, 0]
+        with pytest.raises(ValueError, match="'orientation'"):
+            geometry.reformat_volume(np.zeros((3, 4, 4)), oblique, [1, 1], 1, [0, 0, 0], "axial")
+
+    def test_wrong_dimensions_are_refused_naming_the_argument(self):
+        with pytest.raises(ValueError, match="Argument 'volume' must be 3-D"):
+            geometry.reformat_volume(np.zeros((4, 4)), self.SAGITTAL, [1, 1], 1, [0, 0, 0], "axial")

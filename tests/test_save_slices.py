@@ -296,3 +296,83 @@ class TestMain:
 def only(rows: list[dict]) -> dict:
     assert len(rows) == 1, rows
     return rows[0]
+
+
+@pytest.fixture(scope="module")
+def resliced(demo_metadata, demo_series, tmp_path_factory) -> dict:
+    """save_slices.main with every plane asked for, on the batch holding the demo MR volume."""
+    mr = next(s for s in demo_series if s["Modality"] == "MR" and s["n_instances"] == 35)
+    results = tmp_path_factory.mktemp("resliced")
+    argv = ["--study", str(demo.STUDY), "--results", str(results)]
+    argv += [
+        "--instances",
+        str(demo_metadata["instances"]),
+        "--series",
+        str(demo_metadata["series"]),
+    ]
+    argv += ["--batch", str(mr["batch"]), "--count", "5"]
+    argv += ["--planes", "acquired", "axial", "coronal", "sagittal"]
+    argv += ["--manifest", str(results / "m.parquet"), "--errors", str(results / "e.parquet")]
+    assert save_slices.main(argv) == 0
+    rows = pq.read_table(results / "m.parquet").to_pylist()
+    return {"results": results, "mr": mr, "rows": rows, "series": demo_series}
+
+
+class TestReslicedPlanes:
+    def test_a_sagittal_volume_gets_axial_and_coronal_reformats_besides_its_own_plane(
+        self, resliced
+    ):
+        key = resliced["mr"]["series_key"]
+        planes = {r["plane"] for r in resliced["rows"] if r["series_key"] == key}
+        assert planes == {"sagittal", "axial", "coronal"}
+
+    def test_reformats_carry_true_millimetre_spacing_and_no_source_file(self, resliced):
+        key = resliced["mr"]["series_key"]
+        axial = [r for r in resliced["rows"] if r["series_key"] == key and r["plane"] == "axial"]
+        assert len(axial) == 5
+        for row in axial:
+            # rows run anterior→posterior (MR column spacing), columns across the 4.8 mm slices
+            assert row["pixel_spacing_mm"] == pytest.approx([1.015625, 4.8], abs=1e-4)
+            assert row["source_path"] is None and row["frame"] is None
+            assert np.load(resliced["results"] / row["npy_path"]).shape == (256, 35)
+        positions = [r["position_mm"] for r in sorted(axial, key=lambda r: r["index"])]
+        assert positions == sorted(positions)
+
+    def test_axial_reformat_voxel_equals_the_acquired_voxel_at_the_same_place(self, resliced):
+        key = resliced["mr"]["series_key"]
+        axial = next(
+            r for r in resliced["rows"] if r["series_key"] == key and r["plane"] == "axial"
+        )
+        image = np.load(resliced["results"] / axial["npy_path"])
+        files = sorted(demo.MR_SERIES.iterdir())
+        headers = [pydicom.dcmread(f) for f in files]
+        # sagittal slices sorted along their normal (-x): ascending projection
+        headers.sort(key=lambda ds: -float(ds.ImagePositionPatient[0]))
+        k, j = 10, 120  # slice k of the stack, column j of the acquired image
+        acquired = headers[k].pixel_array.astype(np.float32)
+        # axial row index i ↔ acquired column j (A→P); axial column ↔ slice, flipped to R→L
+        row_in_axial = j
+        col_in_axial = 35 - 1 - k
+        # the acquired image's row (S→I) that lies at this axial slice's height
+        z0 = float(headers[k].ImagePositionPatient[2])
+        i = round((z0 - axial["position_mm"]) / 1.015625)
+        assert image[row_in_axial, col_in_axial] == acquired[i, j]
+
+    def test_series_that_are_not_volumes_keep_only_their_acquired_plane(self, resliced):
+        not_volumes = {s["series_key"] for s in resliced["series"] if not s["is_volume"]}
+        for row in resliced["rows"]:
+            if row["series_key"] in not_volumes:
+                assert row["source_path"] is not None
+
+
+class TestSelectIndicesWithFractions:
+    @pytest.mark.parametrize(
+        ("n", "fractions", "expected"),
+        [
+            pytest.param(35, (0.0, 0.5, 1.0), [0, 17, 34], id="ends-and-middle"),
+            pytest.param(20, (0.25, 0.25), [5], id="duplicates-merge"),
+            pytest.param(1, (0.3, 0.9), [0], id="single-slice"),
+        ],
+    )
+    def test_fractions_pick_slices_along_the_plane(self, n, fractions, expected):
+        assert save_slices.select_indices(n, 9, fractions) == expected

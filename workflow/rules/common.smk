@@ -48,6 +48,15 @@ def keyword_args():
     return " ".join(f"--keyword {k}" for k in config["metadata"]["keywords"])
 
 
+def selection_args():
+    """--count, --fractions and --planes options for save_slices."""
+    slices = config["slices"]
+    args = f"--count {slices['count']} --planes {' '.join(slices['planes'])}"
+    if slices["fractions"]:
+        args += " --fractions " + " ".join(str(f) for f in slices["fractions"])
+    return args
+
+
 def ct_window_args():
     """--ct-window option when a CT window preset is configured."""
     window = config["thumbnails"]["ct_window"]

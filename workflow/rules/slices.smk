@@ -15,11 +15,11 @@ rule save_slices:
     params:
         study=STUDY,
         results=results_root,
-        n_slices=config["slices"]["count"],
+        selection=selection_args(),
     conda:
         "../envs/pipeline.yaml"
     shell:
         "python {input.script:q} --study {params.study:q} --results {params.results:q}"
         " --instances {input.instances:q} --series {input.series:q} --batch {wildcards.batch}"
-        " --count {params.n_slices} --manifest {output.manifest:q} --errors {output.errors:q}"
+        " {params.selection} --manifest {output.manifest:q} --errors {output.errors:q}"
         " > {log:q} 2>&1"
