@@ -30,7 +30,7 @@ background:#1c1c1c;border-radius:6px;max-width:44rem}
 .series img{max-width:100%;display:block;margin-bottom:.4rem}
 table{border-collapse:collapse;font-size:.85rem}td,th{padding:.1rem .6rem .1rem 0;text-align:left}
 .flag-bad{color:#ff8a80}.flag-ok{color:#a5d6a7}.nosheet{color:#aaa;font-style:italic}
-#filters label{margin-right:1rem}.summary{color:#bbb}
+#filters label{margin-right:1rem}.summary{color:#bbb}[hidden]{display:none!important}
 """
 
 JS = """

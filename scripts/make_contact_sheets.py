@@ -10,6 +10,7 @@ import argparse
 import logging
 import math
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -173,10 +174,29 @@ def draw_sheet(series: dict, tiles: list[tuple], target: Path) -> None:
     os.replace(tmp, target)
 
 
+def link_into(target: Path, folder: Path) -> None:
+    """Hard-link a sheet into a folder (a copy where links are not possible)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / target.name
+    link.unlink(missing_ok=True)
+    try:
+        os.link(target, link)
+    except OSError:
+        shutil.copyfile(target, link)
+
+
 def make_sheets(
-    results: Path, manifest: pa.Table, rendered: set[str], series: list[dict], max_tiles: int
+    results: Path,
+    manifest: pa.Table,
+    rendered: set[str],
+    series: list[dict],
+    max_tiles: int,
+    report_dir: Path | None = None,
 ) -> pa.Table:
-    """Draw the sheet of every series from its rendered thumbnails; returns the sheets table."""
+    """Draw the sheet of every series from its rendered thumbnails; returns the sheets table.
+
+    With ``report_dir``, each sheet is also linked there for Snakemake's report.
+    """
     rows_by_key: dict[str, list[dict]] = {}
     for row in manifest.to_pylist():
         if row["png_path"] in rendered:
@@ -188,6 +208,8 @@ def make_sheets(
         tiles = [(iio.imread(results / r["png_path"]), tile_label(r)) for r in chosen]
         sheet = f"contact_sheets/{key}.png"
         draw_sheet(facts[key], tiles, results / sheet)
+        if report_dir is not None:
+            link_into(results / sheet, report_dir)
         out.append({"series_key": key, "sheet_path": sheet, "n_tiles": len(tiles)})
     return table_schema.table_from_rows(out, SHEETS_SCHEMA)
 
@@ -200,6 +222,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--series", required=True, help="series.parquet")
     parser.add_argument("--tiles", type=int, default=16, help="most tiles per sheet")
     parser.add_argument("--out", required=True, help="sheets table to write")
+    parser.add_argument("--report-dir", type=Path, help="folder to link each sheet into")
     return parser.parse_args(argv)
 
 
@@ -213,7 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         pq.read_table(args.series, filters=[("series_key", "in", keys)]).to_pylist() if keys else []
     )
     rendered = set(pq.read_table(args.thumbnails, columns=["png_path"]).column(0).to_pylist())
-    table = make_sheets(args.results, manifest, rendered, series, args.tiles)
+    if args.report_dir is not None:
+        args.report_dir.mkdir(parents=True, exist_ok=True)  # exists even when no sheet is drawn
+    table = make_sheets(args.results, manifest, rendered, series, args.tiles, args.report_dir)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     table_schema.write_table(table, args.out)
     log.info("%d contact sheets drawn", table.num_rows)

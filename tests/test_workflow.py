@@ -137,3 +137,16 @@ class TestSnakemakeChecks:
         lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
         assert len(lines) == 1, lines
         assert message in lines[0] and lines[0].startswith("dicom-study-pipeline: ")
+
+
+@pytest.mark.slow
+class TestSnakemakeReport:
+    def test_report_holds_every_contact_sheet_with_its_caption(self, demo_run):
+        cwd, results, _ = demo_run
+        report = cwd / "report.html"
+        args = ["--config", "study=study", "results=results", "--report", str(report)]
+        snakemake(cwd, *args)
+        text = report.read_text(encoding="utf-8", errors="replace")
+        assert "Contact sheets" in text and "Review" in text
+        for sheet in (results / "contact_sheets").glob("*.png"):
+            assert sheet.name in text, sheet.name

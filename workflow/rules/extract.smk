@@ -9,13 +9,13 @@ rule extract_metadata:
         res("logs/extract_metadata/shard_{shard}.log"),
     benchmark:
         res("benchmarks/extract_metadata/shard_{shard}.tsv")
+    conda:
+        "../envs/pipeline.yaml"
     resources:
         mem_mb=1000,
     params:
         study=STUDY,
         keywords=keyword_args(),
-    conda:
-        "../envs/pipeline.yaml"
     shell:
         "python {input.script:q} --study {params.study:q} --shard {input.shard:q}"
         " --instances {output.instances:q} --errors {output.errors:q} {params.keywords}"

@@ -4,24 +4,20 @@ checkpoint merge_metadata:
         errors=extract_parts("errors"),
         script=script("merge_metadata"),
     output:
-        instances=report(
-            res("metadata/instances.parquet"),
-            caption="../report/instances.rst",
-            category="Metadata",
-        ),
+        instances=res("metadata/instances.parquet"),
         series=res("metadata/series.parquet"),
         errors=res("_work/errors_extract.parquet"),
     log:
         res("logs/merge_metadata.log"),
     benchmark:
         res("benchmarks/merge_metadata.tsv")
+    conda:
+        "../envs/pipeline.yaml"
     resources:
         mem_mb=2000,
     params:
         keywords=keyword_args(),
         series_per_batch=config["metadata"]["series_per_batch"],
-    conda:
-        "../envs/pipeline.yaml"
     shell:
         "python {input.script:q} --instance-parts {input.instances:q}"
         " --error-parts {input.errors:q} {params.keywords}"

@@ -8,10 +8,10 @@ checkpoint scan_study:
         res("logs/scan_study.log"),
     benchmark:
         res("benchmarks/scan_study.tsv")
-    params:
-        files_per_shard=config["scan"]["files_per_shard"],
     conda:
         "../envs/pipeline.yaml"
+    params:
+        files_per_shard=config["scan"]["files_per_shard"],
     shell:
         "python {input.script:q} --study {input.study:q} --out-dir {output.shards:q}"
         " --files-per-shard {params.files_per_shard} > {log:q} 2>&1"

@@ -6,16 +6,23 @@ rule make_contact_sheets:
         script=script("make_contact_sheets"),
     output:
         sheets=res("_work/sheets/batch_{batch}.parquet"),
+        report_dir=report(
+            directory(res("_work/sheets/batch_{batch}")),
+            patterns=["{series_key}.png"],
+            caption="../report/contact_sheets.rst",
+            category="Contact sheets",
+            labels={"series": "{series_key}"},
+        ),
     log:
         res("logs/make_contact_sheets/batch_{batch}.log"),
     benchmark:
         res("benchmarks/make_contact_sheets/batch_{batch}.tsv")
+    conda:
+        "../envs/pipeline.yaml"
     params:
         results=results_root,
         tiles=config["sheets"]["tiles"],
-    conda:
-        "../envs/pipeline.yaml"
     shell:
         "python {input.script:q} --results {params.results:q} --manifest {input.manifest:q}"
         " --thumbnails {input.thumbnails:q} --series {input.series:q} --tiles {params.tiles}"
-        " --out {output.sheets:q} > {log:q} 2>&1"
+        " --out {output.sheets:q} --report-dir {output.report_dir:q} > {log:q} 2>&1"

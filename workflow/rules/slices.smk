@@ -10,14 +10,14 @@ rule save_slices:
         res("logs/save_slices/batch_{batch}.log"),
     benchmark:
         res("benchmarks/save_slices/batch_{batch}.tsv")
+    conda:
+        "../envs/pipeline.yaml"
     resources:
         mem_mb=2000,
     params:
         study=STUDY,
         results=results_root,
         selection=selection_args(),
-    conda:
-        "../envs/pipeline.yaml"
     shell:
         "python {input.script:q} --study {params.study:q} --results {params.results:q}"
         " --instances {input.instances:q} --series {input.series:q} --batch {wildcards.batch}"

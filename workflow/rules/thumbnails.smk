@@ -8,12 +8,12 @@ rule render_thumbnails:
         res("logs/render_thumbnails/batch_{batch}.log"),
     benchmark:
         res("benchmarks/render_thumbnails/batch_{batch}.tsv")
+    conda:
+        "../envs/pipeline.yaml"
     params:
         results=results_root,
         size=config["thumbnails"]["size"],
         ct_window=ct_window_args(),
-    conda:
-        "../envs/pipeline.yaml"
     shell:
         "python {input.script:q} --results {params.results:q} --manifest {input.manifest:q}"
         " --size {params.size} {params.ct_window} --out {output.thumbnails:q} > {log:q} 2>&1"
