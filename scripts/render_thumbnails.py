@@ -39,24 +39,42 @@ THUMBNAILS_SCHEMA = pa.schema(
 
 def choose_window(
     row: dict, series_values: list[np.ndarray], ct_window: Sequence[float] | None
-) -> tuple[tuple[float, float], str]:
-    """Pick the VOI window for a slice and say where it came from."""
+) -> tuple[tuple[float, float] | None, str]:
+    """Pick the VOI for a slice and say where it came from.
+
+    A configured CT preset, else the header's window, else the header's VOI LUT
+    Sequence (window None, source ``voi_lut``), else a robust percentile window.
+    """
     if ct_window and row["value_units"] == "HU":
         return (float(ct_window[0]), float(ct_window[1])), "preset"
     if row.get("window_center") is not None and row.get("window_width") is not None:
         return (row["window_center"], row["window_width"]), "header"
+    if row.get("voi_lut_source"):
+        return None, "voi_lut"
     pooled = np.concatenate([v.ravel() for v in series_values]) if series_values else np.array([])
     return rendering.robust_window(pooled), "percentile"
 
 
 def render_slice(
-    values: np.ndarray, row: dict, window: tuple[float, float] | None, size: int
+    values: np.ndarray,
+    row: dict,
+    window: tuple[float, float] | None,
+    size: int,
+    voi_header=None,
 ) -> np.ndarray:
-    """uint8 grey or RGB thumbnail of one saved slice, resampled to true aspect."""
+    """uint8 grey or RGB thumbnail of one saved slice, resampled to true aspect.
+
+    ``voi_header`` (a header with a VOI LUT Sequence) is used when ``window`` is None.
+    """
+    monochrome1 = row["photometric"] == "MONOCHROME1"
     if values.ndim == 3:
         image = rendering.colour_to_uint8(values)
+    elif window is None:
+        grey = rendering.voi_lut_to_uint8(values, voi_header)
+        image = 255 - grey if monochrome1 else grey
     else:
-        image = rendering.render_grey(values, window, row["photometric"] == "MONOCHROME1")
+        function = row.get("voi_lut_function") or "LINEAR"
+        image = rendering.render_grey(values, window, monochrome1, function)
     shape = (values.shape[0], values.shape[1])
     return rendering.resample(image, rendering.display_size(shape, row["pixel_spacing_mm"], size))
 
@@ -69,7 +87,20 @@ def write_png(image: np.ndarray, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def render_batch(results: Path, manifest: pa.Table, size: int, ct_window=None) -> pa.Table:
+def voi_lut_header(study: Path | None, row: dict):
+    """Header holding the slice's VOI LUT Sequence (read without pixels), or None."""
+    if study is None or not row.get("voi_lut_source"):
+        return None
+    import pydicom
+
+    import dicom_io  # noqa: F401 - quiet pydicom reading options
+
+    return pydicom.dcmread(study / row["voi_lut_source"], stop_before_pixels=True, force=True)
+
+
+def render_batch(
+    results: Path, manifest: pa.Table, size: int, ct_window=None, study: Path | None = None
+) -> pa.Table:
     """Render every slice in a batch manifest; returns the thumbnails table."""
     rows = manifest.to_pylist()
     by_series: dict[str, list[dict]] = {}
@@ -84,7 +115,10 @@ def render_batch(results: Path, manifest: pa.Table, size: int, ct_window=None) -
             window, source = (None, "colour")
             if arr.ndim == 2:
                 window, source = choose_window(row, grey, ct_window)
-            image = render_slice(arr, row, window, size)
+                if source == "voi_lut" and study is None:
+                    window, source = rendering.robust_window(arr), "percentile"
+            header = voi_lut_header(study, row) if source == "voi_lut" else None
+            image = render_slice(arr, row, window, size, header)
             write_png(image, results / row["png_path"])
             out.append(
                 {
@@ -110,6 +144,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--ct-window", type=float, nargs=2, metavar=("CENTER", "WIDTH"), default=None
     )
     parser.add_argument("--out", required=True, help="thumbnails table to write")
+    parser.add_argument("--study", type=Path, help="study folder, for headers' VOI LUTs")
     return parser.parse_args(argv)
 
 
@@ -117,7 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Render one batch's thumbnails."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    table = render_batch(args.results, pq.read_table(args.manifest), args.size, args.ct_window)
+    table = render_batch(
+        args.results, pq.read_table(args.manifest), args.size, args.ct_window, args.study
+    )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     table_schema.write_table(table, args.out)
     log.info("%d thumbnails rendered", table.num_rows)

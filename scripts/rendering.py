@@ -99,12 +99,14 @@ def robust_window(values: np.ndarray) -> tuple[float, float]:
     return float((low + high) / 2), width
 
 
-def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+def apply_window(
+    values: np.ndarray, center: float, width: float, function: str = "LINEAR"
+) -> np.ndarray:
     """VOI window to uint8 greys; returns a new array.
 
-    LINEAR (PS3.3 C.11.2.1.2) for width > 1, a threshold at ``center - 0.5`` for width 1,
-    and LINEAR_EXACT (C.11.2.1.3.2) for widths below 1, which only float modality
-    values (e.g. dose) can need.
+    ``function`` is the header's VOILUTFunction: LINEAR (PS3.3 C.11.2.1.2; a threshold
+    at ``center - 0.5`` when width is 1), LINEAR_EXACT or SIGMOID (C.11.2.1.3). Widths
+    below 1, which only float modality values (e.g. dose) need, use LINEAR_EXACT.
 
     Parameters
     ----------
@@ -115,29 +117,62 @@ def apply_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
     if not width > 0:
         raise ValueError(f"Argument 'width' must be > 0, got {width}")
     x = values.astype(np.float64)
-    if width > 1:
-        scaled = ((x - (center - 0.5)) / (width - 1) + 0.5) * 255.0
+    function = (function or "LINEAR").strip().upper()
+    if function == "SIGMOID":
+        scaled = 255.0 / (1.0 + np.exp(np.clip(-4.0 * (x - center) / width, -700, 700)))
+    elif function == "LINEAR_EXACT" or width < 1:
+        scaled = ((x - center) / width + 0.5) * 255.0
     elif width == 1:
         scaled = np.where(x > center - 0.5, 255.0, 0.0)
     else:
-        scaled = ((x - center) / width + 0.5) * 255.0
+        scaled = ((x - (center - 0.5)) / (width - 1) + 0.5) * 255.0
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def colour_to_uint8(rgb: np.ndarray) -> np.ndarray:
-    """RGB array of any integer depth → uint8 RGB."""
+def voi_lut_to_uint8(values: np.ndarray, ds) -> np.ndarray:
+    """Apply the header's VOI LUT Sequence (first LUT) to modality values, scaled to uint8.
+
+    Parameters
+    ----------
+    values : (rows, columns) ndarray of float
+        Modality values (after rescale), as the VOI LUT expects.
+    ds : Dataset
+        Header holding VOILUTSequence.
+    """
+    item = ds.VOILUTSequence[0]
+    first_mapped = int(item.LUTDescriptor[1])
+    lut = np.asarray(item.LUTData, dtype=np.float64).ravel()
+    index = np.clip(np.rint(values.astype(np.float64)) - first_mapped, 0, len(lut) - 1)
+    # Scale by the LUT's own range: descriptors often claim 16 bits for 12-bit tables.
+    low, high = float(lut.min()), float(lut.max())
+    out = (lut[index.astype(np.int64)] - low) / max(high - low, 1.0) * 255.0
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def colour_to_uint8(rgb: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """RGB array → uint8 RGB, scaling ``bits``-bit samples (BitsStored; default: the dtype's).
+
+    Parameters
+    ----------
+    rgb : (rows, columns, 3) ndarray of unsigned int
+    bits : int, optional
+        Significant bits per sample; values are scaled by ``2**bits - 1``.
+    """
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"Argument 'rgb' must have shape (rows, columns, 3), got {rgb.shape}")
-    if rgb.dtype == np.uint8:
+    if bits is None:
+        bits = rgb.dtype.itemsize * 8
+    if bits == 8 and rgb.dtype == np.uint8:
         return rgb.copy()
-    top = float(rgb.max()) if rgb.size else 0.0
-    bits = 16 if top > 255 else 8
-    return np.clip(np.rint(rgb.astype(np.float64) / (2**bits - 1) * 255), 0, 255).astype(np.uint8)
+    scaled = rgb.astype(np.float64) / (2.0**bits - 1) * 255
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def render_grey(values: np.ndarray, window: tuple[float, float], monochrome1: bool) -> np.ndarray:
+def render_grey(
+    values: np.ndarray, window: tuple[float, float], monochrome1: bool, function: str = "LINEAR"
+) -> np.ndarray:
     """Window modality values to uint8 and invert MONOCHROME1 (high values shown dark)."""
-    grey = apply_window(values, *window)
+    grey = apply_window(values, *window, function)
     return 255 - grey if monochrome1 else grey
 
 

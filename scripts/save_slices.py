@@ -43,6 +43,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("photometric", pa.string()),
         ("window_center", pa.float64()),
         ("window_width", pa.float64()),
+        ("voi_lut_function", pa.string()),
+        ("voi_lut_source", pa.string()),
         ("rows", pa.int64()),
         ("columns", pa.int64()),
     ]
@@ -152,9 +154,10 @@ def slice_values(arr: np.ndarray, ds: Dataset, frame: int) -> tuple[np.ndarray, 
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
-        return rendering.colour_to_uint8(apply_color_lut(arr, ds)), "RGB", "RGB"
+        return rendering.colour_to_uint8(apply_color_lut(arr, ds)), "RGB", "RGB"  # LUT depth
     if arr.ndim == 3 and arr.shape[-1] == 3:
-        return rendering.colour_to_uint8(arr), "RGB", "RGB"
+        bits = int(ds.get("BitsStored") or arr.dtype.itemsize * 8)
+        return rendering.colour_to_uint8(arr, min(bits, arr.dtype.itemsize * 8)), "RGB", "RGB"
     if arr.ndim != 2:
         raise ValueError(f"decoded frame has shape {arr.shape}, expected 2-D")
     return rendering.modality_values(arr, ds, frame), rendering.value_units(ds, frame), photometric
@@ -217,6 +220,15 @@ def _record(key, plane, index, n, npy, values, **facts) -> dict:
         "rows": int(values.shape[0]),
         "columns": int(values.shape[1]),
         **facts,
+    }
+
+
+def voi_facts(ds: Dataset, path: str | None) -> dict:
+    """VOILUTFunction, and the file whose VOI LUT Sequence a thumbnail may use."""
+    has_lut = bool(ds.get("VOILUTSequence")) and path is not None
+    return {
+        "voi_lut_function": str(ds.get("VOILUTFunction") or "LINEAR").strip() or "LINEAR",
+        "voi_lut_source": path if has_lut else None,
     }
 
 
@@ -288,6 +300,7 @@ def save_series(
                     photometric=photometric,
                     window_center=window[0] if window else None,
                     window_width=window[1] if window else None,
+                    **voi_facts(ds, frame.path),
                 )
             )
     if reformats and volume is not None:
@@ -321,6 +334,7 @@ def save_series(
                         photometric=photometric,
                         window_center=window[0] if window else None,
                         window_width=window[1] if window else None,
+                        **voi_facts(ds, None),
                     )
                 )
     return manifest, errors

@@ -245,3 +245,45 @@ class TestAgreementWithDcmtk:
             size = (ours.shape[1], ours.shape[0])
             theirs = np.asarray(Image.fromarray(theirs).resize(size, Image.Resampling.LANCZOS))
             assert np.abs(ours.astype(int) - theirs.astype(int)).mean() < 3.0
+
+
+class TestVoiLutSequence:
+    def test_a_header_with_only_a_voi_lut_renders_through_it(self, tmp_path):
+        import extract_metadata
+        import merge_metadata
+        import scan_study
+
+        study = tmp_path / "study"
+        study.mkdir()
+        ds = pydicom.dcmread(demo.MR_SERIES / "IM_0018")
+        center, width = float(ds.WindowCenter), float(ds.WindowWidth)
+        inputs = np.arange(0, int(ds.pixel_array.max()) + 1, dtype=np.float64)
+        lut = rendering.apply_window(inputs[None, :], center, width)[0].astype(np.uint16)
+        item = pydicom.Dataset()
+        item.add_new(0x00283002, "US", [len(lut), 0, 8])  # LUTDescriptor
+        item.add_new(0x00283006, "US", lut.tolist())  # LUTData
+        ds.VOILUTSequence = [item]
+        del ds.WindowCenter, ds.WindowWidth
+        ds.save_as(study / "IM_voi_lut.dcm")
+
+        out = tmp_path / "results"
+        assert scan_study.main(["--study", str(study), "--out-dir", str(out / "scan")]) == 0
+        args = ["--study", str(study), "--shard", str(out / "scan" / "shard_0000.jsonl")]
+        args += ["--instances", str(out / "i.parquet"), "--errors", str(out / "e.parquet")]
+        assert extract_metadata.main(args) == 0
+        meta = {"instances": out / "instances.parquet", "series": out / "series.parquet"}
+        args = ["--instance-parts", str(out / "i.parquet"), "--error-parts", str(out / "e.parquet")]
+        args += ["--instances", str(meta["instances"]), "--series", str(meta["series"])]
+        assert merge_metadata.main(args + ["--errors", str(out / "errors.parquet")]) == 0
+        manifest = out / "_work" / "batch_0.manifest.parquet"
+        args = ["--study", str(study), "--results", str(out), "--instances", str(meta["instances"])]
+        args += ["--series", str(meta["series"]), "--batch", "0", "--manifest", str(manifest)]
+        assert save_slices.main(args + ["--errors", str(out / "se.parquet")]) == 0
+
+        (row,) = render(out, [manifest], "--size", "256", "--study", str(study))
+
+        assert row["window_source"] == "voi_lut"
+        png = iio.imread(out / row["png_path"])
+        values = rendering.modality_values(ds.pixel_array, ds)
+        expected = rendering.apply_window(values, center, width)
+        assert np.abs(png.astype(int) - expected.astype(int)).mean() < 1.0

@@ -293,3 +293,34 @@ class TestRobustWindow:
 
     def test_robust_window_of_a_constant_slice_has_width_one(self):
         assert rendering.robust_window(np.full((8, 8), 7.0)) == (7.0, 1.0)
+
+
+class TestVoiLutToUint8:
+    def test_a_lut_built_from_the_header_window_renders_like_the_window(self):
+        ds = pydicom.dcmread(demo.MR_SERIES / "IM_0018")
+        values = rendering.modality_values(ds.pixel_array, ds)
+        center, width = rendering.header_window(ds)
+        first = 0
+        inputs = np.arange(first, int(values.max()) + 1, dtype=np.float64)
+        lut = rendering.apply_window(inputs[None, :], center, width)[0].astype(np.uint16) * 16
+        item = pydicom.Dataset()
+        item.LUTDescriptor = [len(lut), first, 16]  # claims 16 bits, holds 12: scaled by range
+        item.LUTData = lut.tolist()
+        ds.VOILUTSequence = [item]
+
+        by_lut = rendering.voi_lut_to_uint8(values, ds)
+        by_window = rendering.apply_window(values, center, width)
+
+        assert np.abs(by_lut.astype(int) - by_window.astype(int)).max() <= 1
+
+
+class TestApplyWindowFunctions:
+    def test_sigmoid_is_half_grey_at_the_center_and_saturates_far_away(self):
+        values = np.array([[-1000.0, 40.0, 1000.0]])
+        out = rendering.apply_window(values, 40.0, 400.0, "SIGMOID")
+        assert out.tolist() == [[0, 128, 255]]
+
+    def test_linear_exact_maps_center_plus_minus_half_width_to_the_ends(self):
+        values = np.array([[-160.0, 40.0, 240.0]])
+        out = rendering.apply_window(values, 40.0, 400.0, "LINEAR_EXACT")
+        assert out.tolist() == [[0, 128, 255]]

@@ -12,8 +12,9 @@ rule render_thumbnails:
         "../envs/pipeline.yaml"
     params:
         results=results_root,
+        study=STUDY,
         size=config["thumbnails"]["size"],
         ct_window=ct_window_args(),
     shell:
         "python {input.script:q} --results {params.results:q} --manifest {input.manifest:q}"
-        " --size {params.size} {params.ct_window} --out {output.thumbnails:q} > {log:q} 2>&1"
+        " --size {params.size} {params.ct_window} --out {output.thumbnails:q} --study {params.study:q} > {log:q} 2>&1"
