@@ -9,7 +9,6 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/scan.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/merge.smk"
 include: "workflow/rules/slices.smk"

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import dicom_io  # noqa: F401 - sets quiet pydicom reading options
 import geometry
 import table_schema
-from sharding import bucket_count, short_hash, stable_bucket
+from sharding import bucket_count, short_hash, stable_bucket, write_if_changed
 
 log = logging.getLogger("merge_metadata")
 
@@ -280,11 +281,37 @@ def read_parts(paths: Sequence[str], schema: pa.Schema) -> pa.Table:
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
+BATCH_INSTANCE_COLUMNS = [
+    "path",
+    "series_key",
+    "NumberOfFrames",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "header_json",
+]
+"""Instance columns the per-batch stages need (header_json only for multi-frame rows)."""
+
+
+def grouping_rows(instances: pa.Table) -> list[dict]:
+    """Instance rows for grouping, as dicts, with header_json only where geometry needs it.
+
+    Converting every header to Python would dominate the merge of a large study; only
+    multi-frame instances carry per-frame positions in it.
+    """
+    light = instances.drop_columns(["header_json"]).to_pylist()
+    multi = [i for i, row in enumerate(light) if (row.get("NumberOfFrames") or 1) > 1]
+    headers = instances.column("header_json").take(multi).to_pylist() if multi else []
+    for i, header in zip(multi, headers, strict=True):
+        light[i]["header_json"] = header
+    return light
+
+
 def merge(instance_parts, error_parts, extra_keywords=(), series_per_batch: int = 8):
     """Return ``(instances, series, errors)`` tables, each sorted deterministically."""
     schema = table_schema.instances_schema(extra_keywords)
     instances = read_parts(instance_parts, schema).sort_by("path")
-    rows = instances.to_pylist()
+    rows = grouping_rows(instances)
     records, keys = build_series(rows, series_per_batch)
     instances = instances.set_column(
         schema.get_field_index("series_key"), "series_key", pa.array(keys, pa.string())
@@ -296,6 +323,33 @@ def merge(instance_parts, error_parts, extra_keywords=(), series_per_batch: int 
     return instances, series, errors
 
 
+def batch_tables(instances: pa.Table, series: pa.Table) -> dict[int, tuple[pa.Table, pa.Table]]:
+    """Per batch: its series rows and the instance columns its slices need."""
+    out = {}
+    batches = sorted(set(series.column("batch").drop_null().to_pylist()))
+    frames = pc.fill_null(instances.column("NumberOfFrames"), 1)
+    single = pc.less_equal(frames, 1)
+    headers = pc.if_else(single, pa.scalar(None, pa.string()), instances.column("header_json"))
+    light = instances.select(BATCH_INSTANCE_COLUMNS[:-1]).append_column("header_json", headers)
+    for batch in batches:
+        batch_series = series.filter(pc.equal(series.column("batch"), batch))
+        keys = batch_series.column("series_key")
+        batch_instances = light.filter(pc.is_in(light.column("series_key"), value_set=keys))
+        out[batch] = (batch_series, batch_instances)
+    return out
+
+
+def write_batches(instances: pa.Table, series: pa.Table, folder: str) -> list[int]:
+    """Write each batch's work lists, rewriting only those whose content changed."""
+    os.makedirs(folder, exist_ok=True)
+    tables = batch_tables(instances, series)
+    for batch, (batch_series, batch_instances) in tables.items():
+        for kind, table in (("series", batch_series), ("instances", batch_instances)):
+            target = os.path.join(folder, f"batch_{batch}.{kind}.parquet")
+            write_if_changed(target, table_schema.table_bytes(table))
+    return sorted(tables)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instance-parts", nargs="*", default=[])
@@ -305,6 +359,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--instances", required=True)
     parser.add_argument("--series", required=True)
     parser.add_argument("--errors", required=True)
+    parser.add_argument("--batch-dir", help="folder for per-batch work lists (write-if-changed)")
     return parser.parse_args(argv)
 
 
@@ -322,6 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
         table_schema.write_table(table, target)
+    if args.batch_dir:
+        write_batches(instances, series, args.batch_dir)
     log.info(
         "%d instances in %d series/stacks; %d error rows",
         instances.num_rows,

@@ -24,6 +24,7 @@ import dicom_io
 import geometry
 import rendering
 import table_schema
+from merge_metadata import BATCH_INSTANCE_COLUMNS
 
 log = logging.getLogger("save_slices")
 
@@ -50,15 +51,7 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 
-INSTANCE_COLUMNS = [
-    "path",
-    "series_key",
-    "NumberOfFrames",
-    "InstanceNumber",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "header_json",
-]
+INSTANCE_COLUMNS = BATCH_INSTANCE_COLUMNS
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Walk a study folder and write stable shard lists of every regular file in it.
 
-A file's shard is a hash of its relative path, and the shard count is a power of two,
-so files keep their shard as a study grows (until the count doubles).
+A file's shard is a hash of its folder (a series folder stays in one shard), and the
+shard count is a power of two, so files keep their shard as a study grows (until the
+count doubles). A shard list is rewritten only when its content (paths, sizes,
+modification times) changed, so Snakemake re-extracts only shards that changed.
 """
 
 from __future__ import annotations
@@ -10,23 +12,25 @@ import argparse
 import json
 import logging
 import os
+import posixpath
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sharding import bucket_count, stable_bucket
+from sharding import bucket_count, stable_bucket, write_if_changed
 
 log = logging.getLogger("scan_study")
 
 
-def walk_files(study: Path) -> list[tuple[str, int]]:
-    """``(relative posix path, size)`` of every regular file, sorted by path.
+def walk_files(study: Path) -> list[tuple[str, int, int]]:
+    """``(relative posix path, size, mtime_ns)`` of every regular file, sorted by path.
 
     Symlinks to files are listed like files; symlinked folders are not followed,
     which also keeps symlink loops from running forever.
     """
     unreadable: list[str] = []
-    files: list[tuple[str, int]] = []
+    files: list[tuple[str, int, int]] = []
 
     def onerror(exc: OSError) -> None:
         unreadable.append(exc.filename)
@@ -36,37 +40,73 @@ def walk_files(study: Path) -> list[tuple[str, int]]:
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             try:
-                if not os.path.isfile(full):
-                    continue
-                size = os.path.getsize(full)
+                info = os.stat(full)
             except OSError:
                 continue
-            files.append((Path(os.path.relpath(full, study)).as_posix(), size))
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            relative = Path(os.path.relpath(full, study)).as_posix()
+            files.append((relative, info.st_size, info.st_mtime_ns))
     if unreadable:
         log.warning("%d folder(s) could not be listed (permission denied?)", len(unreadable))
     return sorted(files)
 
 
-def assign_shards(files: Sequence[tuple[str, int]], files_per_shard: int) -> dict[int, list]:
-    """Group files into shards by path hash; every shard index up to the count is present."""
+def shard_keys(paths: Sequence[str], files_per_shard: int) -> list[str]:
+    """The key each file is sharded by: its folder, or folder plus a name bucket for
+    folders holding more than ``files_per_shard`` files.
+    """
+    per_folder: dict[str, int] = {}
+    for path in paths:
+        folder = posixpath.dirname(path)
+        per_folder[folder] = per_folder.get(folder, 0) + 1
+    keys = []
+    for path in paths:
+        folder = posixpath.dirname(path)
+        if per_folder[folder] <= files_per_shard:
+            keys.append(folder)
+        else:
+            split = bucket_count(per_folder[folder], files_per_shard)
+            keys.append(f"{folder}#{stable_bucket(posixpath.basename(path), split)}")
+    return keys
+
+
+def assign_shards(files: Sequence[tuple], files_per_shard: int) -> dict[int, list]:
+    """Group file entries (path first) into shards; every index up to the count is present."""
     count = bucket_count(len(files), files_per_shard)
     shards: dict[int, list] = {i: [] for i in range(count)}
-    for path, size in files:
-        shards[stable_bucket(path, count)].append((path, size))
+    keys = shard_keys([entry[0] for entry in files], files_per_shard)
+    for entry, key in zip(files, keys, strict=True):
+        shards[stable_bucket(key, count)].append(entry)
     return shards
 
 
-def write_shards(shards: dict[int, list], out_dir: Path) -> None:
-    """Write one JSON-lines file per shard (``shard_0000.jsonl``), robust to any file name."""
+def write_shards(shards: dict[int, list], out_dir: Path) -> list[str]:
+    """Write one JSON-lines list per shard (``shard_0000.jsonl``) where it changed.
+
+    Shard lists beyond the current count are removed. Returns the shard ids.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    for index, files in sorted(shards.items()):
-        target = out_dir / f"shard_{index:04d}.jsonl"
+    ids = [f"{index:04d}" for index in sorted(shards)]
+    for shard_id, index in zip(ids, sorted(shards), strict=True):
         lines = "".join(
-            json.dumps({"path": path, "file_size": size}) + "\n" for path, size in files
+            json.dumps({"path": e[0], "file_size": e[1], "mtime_ns": e[2] if len(e) > 2 else None})
+            + "\n"
+            for e in shards[index]
         )
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(lines, encoding="utf-8")
-        os.replace(tmp, target)
+        write_if_changed(out_dir / f"shard_{shard_id}.jsonl", lines.encode("utf-8"))
+    for stale in out_dir.glob("shard_*.jsonl"):
+        if stale.stem.removeprefix("shard_") not in ids:
+            stale.unlink()
+    return ids
+
+
+def scan(study: Path, out_dir: Path, files_per_shard: int) -> list[str]:
+    """Walk the study and update its shard lists; returns shard ids (none for no files)."""
+    files = walk_files(study)
+    if not files:
+        return []
+    return write_shards(assign_shards(files, files_per_shard), out_dir)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -84,13 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.study.is_dir():
         print(f"scan_study: study folder not found: {args.study}", file=sys.stderr)
         return 2
-    files = walk_files(args.study)
-    if not files:
+    shards = scan(args.study, args.out_dir, args.files_per_shard)
+    if not shards:
         print(f"scan_study: study folder has no files: {args.study}", file=sys.stderr)
         return 2
-    shards = assign_shards(files, args.files_per_shard)
-    write_shards(shards, args.out_dir)
-    log.info("%d files in %d shard(s)", len(files), len(shards))
+    log.info("%d shard list(s) in %s", len(shards), args.out_dir)
     return 0
 
 

@@ -27,3 +27,23 @@ def stable_bucket(key: str, n_buckets: int) -> int:
 def short_hash(key: str, length: int = 12) -> str:
     """Short hex digest used to name series in paths without exposing their UIDs."""
     return hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:length]
+
+
+def write_if_changed(target, data: bytes) -> bool:
+    """Write ``data`` atomically unless the file already holds exactly it; True when written.
+
+    Unchanged work lists keep their modification time, so Snakemake re-runs only the
+    jobs whose lists really changed.
+    """
+    from pathlib import Path
+
+    target = Path(target)
+    try:
+        if target.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(target)
+    return True

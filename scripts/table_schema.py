@@ -225,15 +225,24 @@ def table_from_rows(rows: Sequence[dict], schema: pa.Schema) -> pa.Table:
     return pa.table(columns, schema=schema)
 
 
+PARQUET_OPTIONS = {
+    "compression": "zstd",
+    "use_dictionary": True,
+    "write_statistics": True,
+    "store_schema": True,
+}
+"""Fixed writer options: the same table always gives the same bytes."""
+
+
 def write_table(table: pa.Table, path: str) -> None:
     """Write Parquet deterministically (fixed options, no timestamps) via a temporary name."""
     tmp = f"{path}.tmp"
-    pq.write_table(
-        table,
-        tmp,
-        compression="zstd",
-        use_dictionary=True,
-        write_statistics=True,
-        store_schema=True,
-    )
+    pq.write_table(table, tmp, **PARQUET_OPTIONS)
     os.replace(tmp, path)
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    """The Parquet bytes :func:`write_table` would write, for write-if-changed files."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **PARQUET_OPTIONS)
+    return sink.getvalue().to_pybytes()

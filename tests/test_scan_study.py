@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -49,7 +50,8 @@ def checksum(folder) -> str:
 def walk(folder) -> list[tuple[str, int]]:
     """walk_files in a worker thread, failing instead of hanging forever."""
     with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(lambda: list(scan_study.walk_files(folder))).result(WALK_TIMEOUT_S)
+        found = pool.submit(lambda: list(scan_study.walk_files(folder))).result(WALK_TIMEOUT_S)
+    return [(path, size) for path, size, _ in found]
 
 
 def unusable_study(tmp_path, kind: str):
@@ -145,11 +147,48 @@ class TestAssignShards:
             for path, _ in files:
                 assert where[path] in (shard, shard + len(before)), path
 
-    def test_shards_follow_the_stable_hash_of_the_path(self, demo_walk):
-        shards = scan_study.assign_shards(demo_walk, FILES_PER_SHARD)
+    def test_shards_follow_the_stable_hash_of_the_folder(self, demo_walk):
+        shards = scan_study.assign_shards(demo_walk, 40)  # every demo folder fits one shard
         for shard, files in shards.items():
             for path, _ in files:
-                assert stable_bucket(path, len(shards)) == shard
+                assert stable_bucket(posixpath.dirname(path), len(shards)) == shard
+
+    def test_a_series_folder_stays_in_one_shard(self, demo_walk):
+        shards = scan_study.assign_shards(demo_walk, 40)
+        mr = demo.MR_SERIES.relative_to(demo.STUDY).as_posix()
+        holding = {s for s, files in shards.items() for path, _ in files if path.startswith(mr)}
+        assert len(holding) == 1
+
+    def test_a_folder_larger_than_a_shard_is_split_by_file_name(self):
+        files = [(f"big/IM_{i:05d}", 1) for i in range(50)]
+        shards = scan_study.assign_shards(files, 10)
+        assert len(shards) == 8
+        assert sum(1 for f in shards.values() if f) > 1
+        assert sorted(e for f in shards.values() for e in f) == files
+
+
+class TestWriteShards:
+    def test_unchanged_shard_lists_are_not_rewritten(self, tmp_path):
+        study = tmp_path / "study"
+        shutil.copytree(demo.MR_SERIES, study / "mr")
+        shutil.copytree(demo.CT_SERIES, study / "ct")
+        out = tmp_path / "scan"
+        ids = scan_study.scan(study, out, 40)
+        stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+        assert scan_study.scan(study, out, 40) == ids
+        assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+
+    def test_adding_a_folder_rewrites_only_the_shard_it_lands_in(self, tmp_path):
+        study = tmp_path / "study"
+        for i in range(6):
+            shutil.copytree(demo.CT_SERIES, study / f"ct{i}")
+        out = tmp_path / "scan"
+        ids = scan_study.scan(study, out, 40)
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        shutil.copytree(demo.CT_SERIES, study / "ct_new")
+        assert scan_study.scan(study, out, 40) == ids  # 140 files: still 4 shards
+        after = {p.name: p.read_bytes() for p in out.iterdir()}
+        assert sum(before[name] != after[name] for name in before) == 1
 
 
 class TestMain:

@@ -107,10 +107,13 @@ class TestSnakemakeChecks:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "Congratulations" in proc.stdout + proc.stderr
 
-    def test_dry_run_plans_the_scan_checkpoint(self, tmp_path):
+    def test_dry_run_plans_one_extract_job_per_shard_and_writes_only_shard_lists(self, tmp_path):
         proc = snakemake(tmp_path, "-n", "--config", f"study={demo.STUDY}", "results=results")
-        assert "scan_study" in proc.stdout
-        assert not (tmp_path / "results").exists()
+        assert "extract_metadata" in proc.stdout and "merge_metadata" in proc.stdout
+        written = [p for p in (tmp_path / "results").rglob("*") if p.is_file()]
+        assert [p.relative_to(tmp_path / "results").as_posix() for p in written] == [
+            "_work/scan/shard_0000.jsonl"
+        ]
 
     @pytest.mark.parametrize(
         ("override", "message"),

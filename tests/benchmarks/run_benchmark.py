@@ -3,7 +3,9 @@
 For each size in ``--sizes`` a study is built with :func:`build_study.build` (real series,
 fresh UIDs, deterministic; reused when already built), the whole workflow runs on it in a
 fresh folder, and ``naive_baseline.py`` does the same job by hand. ``--dry-run-sizes``
-times ``snakemake -n`` on hard-linked replicas of a built study; ``--metadata-only-sizes``
+times ``snakemake -n`` on hard-linked replicas of a built study in a fresh folder (the
+study is scanned while the DAG is built, so this plans every extract shard);
+``--metadata-only-sizes``
 runs only scan + extract + merge (``results/metadata/series.parquet``) on a real study of
 that size and then times a dry run of the rest with the checkpoints resolved.
 
@@ -72,6 +74,10 @@ LINK_BYTES = 256
 FOLDER_BYTES = 4096
 
 
+class NotEnoughDisk(Exception):
+    """A study would not fit on the disk; the message says how much is needed and free."""
+
+
 @dataclass(frozen=True)
 class Measurement:
     """Wall time and memory of one command run.
@@ -86,12 +92,15 @@ class Measurement:
         Largest RSS of any single process in the tree (kernel ``ru_maxrss``), MiB.
     returncode : int
         Exit status (negative: killed by that signal).
+    started_at : float
+        Start as a Unix time (for comparing with file modification times).
     """
 
     wall_s: float
     tree_rss_mib: float
     max_process_rss_mib: float
     returncode: int
+    started_at: float = 0.0
 
     @property
     def peak_rss_mib(self) -> float:
@@ -233,6 +242,7 @@ def run_measured(
         Wall time, sampled tree RSS peak, exact largest single-process RSS, exit status.
     """
     with open(log_path, "wb") as out:
+        started_at = time.time()
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         sampler = TreeRssSampler(proc.pid, interval)
@@ -251,6 +261,7 @@ def run_measured(
         tree_rss_mib=sampler.peak_bytes / MIB,
         max_process_rss_mib=usage.ru_maxrss * scale / MIB,
         returncode=proc.returncode,
+        started_at=started_at,
     )
 
 
@@ -306,7 +317,7 @@ def disk_problem(folder: Path, need_bytes: float, need_inodes: int = 0) -> str |
     return None
 
 
-def ensure_study(work: Path, n_files: int) -> tuple[Path, int] | None:
+def ensure_study(work: Path, n_files: int) -> tuple[Path, int]:
     """Build (or reuse) a study of about ``n_files`` real files under ``work/studies``.
 
     Parameters
@@ -318,8 +329,13 @@ def ensure_study(work: Path, n_files: int) -> tuple[Path, int] | None:
 
     Returns
     -------
-    (Path, int) or None
-        The study folder and its file count, or None (logged) when the disk is too full.
+    (Path, int)
+        The study folder and its file count.
+
+    Raises
+    ------
+    NotEnoughDisk
+        When the study would not fit (checked before writing anything).
     """
     study = work / "studies" / f"study_{n_files}"
     marker = study.with_name(study.name + ".json")
@@ -331,8 +347,7 @@ def ensure_study(work: Path, n_files: int) -> tuple[Path, int] | None:
             return study, done["files"]
     problem = disk_problem(work, n_files * mean_template_file_bytes() * 1.05, n_files)
     if problem:
-        log.warning("skipping the %d-file study: %s", n_files, problem)
-        return None
+        raise NotEnoughDisk(f"{n_files}-file study: {problem}")
     if study.exists():
         shutil.rmtree(study)
     marker.unlink(missing_ok=True)
@@ -352,11 +367,11 @@ def link_or_symlink(source: Path, target: Path) -> None:
         os.symlink(source, target)
 
 
-def ensure_linked_study(base: Path, work: Path, n_files: int) -> Path | None:
+def ensure_linked_study(base: Path, work: Path, n_files: int) -> Path:
     """A study of exactly ``n_files`` files hard-linked from ``base``, replicated in folders.
 
     UIDs repeat across replicas, which does not matter for a dry run: it stops at the
-    scan checkpoint. Reused when already made from the same base.
+    DAG-time scan. Reused when already made from the same base.
 
     Parameters
     ----------
@@ -369,8 +384,13 @@ def ensure_linked_study(base: Path, work: Path, n_files: int) -> Path | None:
 
     Returns
     -------
-    Path or None
-        The study folder, or None (logged) when the disk is too full.
+    Path
+        The study folder.
+
+    Raises
+    ------
+    NotEnoughDisk
+        When the links and folders would not fit (checked before writing anything).
     """
     study = work / "studies" / f"linked_{n_files}"
     marker = study.with_name(study.name + ".json")
@@ -386,8 +406,7 @@ def ensure_linked_study(base: Path, work: Path, n_files: int) -> Path | None:
     need = n_files * LINK_BYTES + copies * folders_per_copy * FOLDER_BYTES
     problem = disk_problem(work, need, copies * folders_per_copy)
     if problem:
-        log.warning("skipping the %d-file linked study: %s", n_files, problem)
-        return None
+        raise NotEnoughDisk(f"{n_files}-file linked study: {problem}")
     if study.exists():
         shutil.rmtree(study)
     marker.unlink(missing_ok=True)
@@ -451,6 +470,42 @@ def job_benchmarks(results: Path) -> tuple[int, float]:
     return jobs, seconds
 
 
+def idle_seconds(results: Path, started_at: float, wall_s: float) -> float:
+    """Seconds of a run during which no job ran, from benchmark files' times.
+
+    A job's benchmark file is written when it ends, so the job ran over
+    ``[mtime - s, mtime]``; the rest of the run is Snakemake alone (start-up, DAG
+    building, checkpoint re-evaluation, scheduling gaps).
+
+    Parameters
+    ----------
+    results : Path
+        The workflow's results folder.
+    started_at : float
+        Unix time the run started.
+    wall_s : float
+        Wall time of the run.
+
+    Returns
+    -------
+    float
+        ``wall_s`` minus the length of the union of the jobs' intervals.
+    """
+    end = started_at + wall_s
+    spans = []
+    for path in (results / "benchmarks").rglob("*.tsv"):
+        with open(path, newline="") as fh:
+            seconds = sum(float(r["s"]) for r in csv.DictReader(fh, delimiter="\t"))
+        stop = min(path.stat().st_mtime, end)
+        spans.append((max(stop - seconds, started_at), stop))
+    busy, reach = 0.0, started_at
+    for lo, hi in sorted(spans):
+        if hi > reach:
+            busy += hi - max(lo, reach)
+            reach = hi
+    return wall_s - busy
+
+
 def overhead(wall_s: float, job_seconds: float, cores: int) -> tuple[float, float]:
     """Snakemake's overhead: ``wall - job_seconds / cores``, in seconds and % of wall.
 
@@ -501,8 +556,14 @@ def bench_workflow(study: Path, n_files: int, run: Path, cores: int, interval: f
     check(m, "snakemake", log_path)
     jobs, job_s = job_benchmarks(run / "results")
     over_s, over_pct = overhead(m.wall_s, job_s, cores)
+    idle = idle_seconds(run / "results", m.started_at, m.wall_s)
     log.info("workflow: %.1f s, %d jobs summing %.1f s", m.wall_s, jobs, job_s)
-    log.info("workflow: largest single process %.0f MiB", m.max_process_rss_mib)
+    log.info(
+        "workflow: no job running for %.1f s; largest process %.0f MiB, tree %.0f MiB",
+        idle,
+        m.max_process_rss_mib,
+        m.tree_rss_mib,
+    )
     return Row(
         n_files,
         "workflow",
@@ -527,9 +588,15 @@ def bench_naive(study: Path, n_files: int, run: Path, interval: float) -> Row:
 
 
 def bench_dry_run(
-    study: Path, n_files: int, run: Path, cores: int, interval: float, stage: str = "dry-run"
+    study: Path,
+    n_files: int,
+    run: Path,
+    cores: int,
+    interval: float,
+    stage: str = "dry-run",
+    fresh: bool = True,
 ) -> Row:
-    """Time ``snakemake -n`` on ``study`` in ``run`` (fresh unless ``stage`` says resolved).
+    """Time ``snakemake -n`` for the whole workflow on ``study`` in ``run``.
 
     Parameters
     ----------
@@ -538,21 +605,23 @@ def bench_dry_run(
     n_files : int
         Files in it.
     run : Path
-        Folder to run in; emptied first for ``stage == "dry-run"``, kept otherwise so that
-        finished checkpoints are reused.
+        Folder to run in.
     cores : int
         Cores given to Snakemake.
     interval : float
         Seconds between RSS samples.
     stage : str
         Label of the row.
+    fresh : bool
+        Empty ``run`` first; when False, finished checkpoints in it are reused, so the
+        dry run expands the DAG past them.
 
     Returns
     -------
     Row
         With ``jobs`` the number of jobs the dry run plans.
     """
-    if stage == "dry-run":
+    if fresh:
         fresh_folder(run)
     log.info("%s on %d files in %s", stage, n_files, run)
     log_path = run / f"{stage}.log"
@@ -573,6 +642,14 @@ def bench_metadata_only(
     m = run_measured(cmd, run, log_path, tool_env(), interval)
     check(m, "snakemake (metadata only)", log_path)
     jobs, job_s = job_benchmarks(run / "results")
+    idle = idle_seconds(run / "results", m.started_at, m.wall_s)
+    log.info(
+        "metadata-only: %.1f s, %d jobs summing %.1f s, no job running for %.1f s",
+        m.wall_s,
+        jobs,
+        job_s,
+        idle,
+    )
     over_s, over_pct = overhead(m.wall_s, job_s, cores)
     row = Row(
         n_files,
@@ -584,7 +661,7 @@ def bench_metadata_only(
         over_s,
         over_pct,
     )
-    resolved = bench_dry_run(study, n_files, run, cores, interval, stage="dry-run-resolved")
+    resolved = bench_dry_run(study, n_files, run, cores, interval, "dry-run-resolved", False)
     return [row, resolved]
 
 
@@ -640,12 +717,19 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def tsv_cell(value: object) -> str:
+    """A TSV cell: None empty, floats to 3 decimals."""
+    if value is None:
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def tsv_text(rows: Sequence[Row]) -> str:
-    """Tab-separated table with full precision; None as an empty cell."""
+    """Tab-separated table; floats to 3 decimals, None as an empty cell."""
     lines = ["\t".join(COLUMNS)]
     for r in rows:
         values = [getattr(r, c) for c in COLUMNS]
-        lines.append("\t".join("" if v is None else str(v) for v in values))
+        lines.append("\t".join(tsv_cell(v) for v in values))
     return "\n".join(lines) + "\n"
 
 
@@ -681,8 +765,10 @@ NOTES = """\
 - size: files in the study (build_study writes whole series, so slightly more than asked).
 - workflow: full `snakemake` run in a fresh folder; naive: `naive_baseline.py` (one process,
   full `dcmread` of every file, 3 `.npy` + 3 PNG + a 16-tile matplotlib sheet per series).
-- dry-run: `snakemake -n` in a fresh folder on hard-linked replicas of a built study;
-  dry-run-resolved: `snakemake -n` for everything after a metadata-only run (checkpoints done).
+- dry-run: `snakemake -n` in a fresh folder on hard-linked replicas of a built study (the
+  study is scanned while the DAG is built, so it plans every extract shard and the
+  merge); dry-run-resolved: `snakemake -n` after a metadata-only run (plans every
+  slice/thumbnail/sheet batch).
 - metadata-only: scan + extract + merge (`results/metadata/series.parquet`).
 - peak_rss_mib: peak of the summed RSS of the whole process tree, sampled from /proc every
   {interval} s, floored by the exact largest single-process `ru_maxrss` (os.wait4); shared
@@ -693,10 +779,31 @@ NOTES = """\
 """
 
 
-def write_outputs(out_dir: Path, rows: Sequence[Row], machine: str, interval: float) -> None:
-    """Write ``benchmark.md`` (machine line, table, notes) and ``benchmark.tsv``."""
+def write_outputs(
+    out_dir: Path,
+    rows: Sequence[Row],
+    machine: str,
+    interval: float,
+    skipped: Sequence[str] = (),
+) -> None:
+    """Write ``benchmark.md`` (machine line, table, notes) and ``benchmark.tsv``.
+
+    Parameters
+    ----------
+    out_dir : Path
+        Folder for both files (made when missing).
+    rows : sequence of Row
+        The table.
+    machine : str
+        Line naming the machine, from :func:`machine_line`.
+    interval : float
+        RSS sampling interval, named in the notes.
+    skipped : sequence of str
+        Reasons for studies left out (not enough disk), listed under the notes.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     md = f"{machine}\n\n{markdown_table(rows)}\n\n{NOTES.format(interval=interval)}"
+    md += "".join(f"- skipped: {reason}\n" for reason in skipped)
     (out_dir / "benchmark.md").write_text(md, encoding="utf-8")
     (out_dir / "benchmark.tsv").write_text(tsv_text(rows), encoding="utf-8")
 
@@ -775,39 +882,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = machine_line(args.cores)
     log.info("%s", machine)
     rows: list[Row] = []
+    skipped: list[str] = []
     built: dict[int, tuple[Path, int]] = {}
+    interval = args.sample_interval
+
+    def study_or_skip(size: int) -> tuple[Path, int] | None:
+        try:
+            built[size] = built.get(size) or ensure_study(work, size)
+        except NotEnoughDisk as exc:
+            log.warning("skipped: %s", exc)
+            skipped.append(str(exc))
+            return None
+        return built[size]
+
     try:
         for size in args.sizes:
-            study = ensure_study(work, size)
-            if study is None:
-                continue
-            built[size] = study
-            path, n = study
-            rows.append(
-                bench_workflow(path, n, runs / f"workflow_{size}", args.cores, args.sample_interval)
-            )
-            rows.append(bench_naive(path, n, runs / f"naive_{size}", args.sample_interval))
-        if args.dry_run_sizes:
-            base = built[max(built)] if built else ensure_study(work, args.dry_run_base)
-            for size in args.dry_run_sizes if base else ():
-                linked = ensure_linked_study(base[0], work, size)
-                if linked is not None:
-                    rows.append(
-                        bench_dry_run(
-                            linked, size, runs / f"dry_run_{size}", args.cores, args.sample_interval
-                        )
-                    )
-        for size in args.metadata_only_sizes:
-            study = built.get(size) or ensure_study(work, size)
-            if study is not None:
-                rows += bench_metadata_only(
-                    study[0], study[1], runs / f"metadata_{size}", args.cores, args.sample_interval
+            if (study := study_or_skip(size)) is not None:
+                path, n = study
+                rows.append(
+                    bench_workflow(path, n, runs / f"workflow_{size}", args.cores, interval)
                 )
+                rows.append(bench_naive(path, n, runs / f"naive_{size}", interval))
+        base = None
+        if args.dry_run_sizes:
+            base = built[max(built)] if built else study_or_skip(args.dry_run_base)
+        for size in args.dry_run_sizes if base else ():
+            try:
+                linked = ensure_linked_study(base[0], work, size)
+            except NotEnoughDisk as exc:
+                log.warning("skipped: %s", exc)
+                skipped.append(str(exc))
+                continue
+            run = runs / f"dry_run_{size}"
+            rows.append(bench_dry_run(linked, size, run, args.cores, interval))
+        for size in args.metadata_only_sizes:
+            if (study := study_or_skip(size)) is not None:
+                run = runs / f"metadata_{size}"
+                rows += bench_metadata_only(study[0], study[1], run, args.cores, interval)
     except RuntimeError as exc:
         log.error("%s", exc)
         return 1
     rows = with_ratios(rows)
-    write_outputs(args.out_dir, rows, machine, args.sample_interval)
+    write_outputs(args.out_dir, rows, machine, interval, skipped)
     print(aligned_table(rows))
     print(machine)
     log.info("written %s and %s", args.out_dir / "benchmark.md", args.out_dir / "benchmark.tsv")

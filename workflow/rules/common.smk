@@ -21,6 +21,24 @@ if _problem:
 STUDY = config["study"]
 RESULTS = config["results"]
 
+import scan_study  # noqa: E402 - lives in scripts/
+
+# The study is scanned while the DAG is built, not in a job: shard lists are rewritten
+# only when their files changed, so a rerun re-extracts only changed shards. Jobs
+# running elsewhere (cluster nodes) only read the lists the main process wrote.
+if workflow.is_main_process:
+    SHARDS = scan_study.scan(
+        Path(STUDY), Path(RESULTS) / "_work" / "scan", config["scan"]["files_per_shard"]
+    )
+    if not SHARDS:
+        sys.exit(f"dicom-study-pipeline: study folder has no files: {STUDY}")
+else:
+    SHARDS = sorted(
+        glob_wildcards(
+            os.path.join(RESULTS, "_work", "scan", "shard_{shard}.jsonl")
+        ).shard
+    )
+
 
 wildcard_constraints:
     shard=r"\d{4}",
@@ -63,25 +81,9 @@ def ct_window_args():
     return "" if window is None else f"--ct-window {window[0]} {window[1]}"
 
 
-def shards():
-    """Shard ids written by the scan checkpoint."""
-    folder = checkpoints.scan_study.get().output.shards
-    return sorted(glob_wildcards(os.path.join(folder, "shard_{shard}.jsonl")).shard)
-
-
-def shard_list(wildcards):
-    """The shard list an extract job reads."""
-    folder = checkpoints.scan_study.get().output.shards
-    return os.path.join(folder, f"shard_{wildcards.shard}.jsonl")
-
-
 def extract_parts(kind):
-    """Input function: every shard's instances or errors table."""
-
-    def parts(wildcards):
-        return [res(f"_work/extract/shard_{s}.{kind}.parquet") for s in shards()]
-
-    return parts
+    """Every shard's instances or errors table."""
+    return [res(f"_work/extract/shard_{s}.{kind}.parquet") for s in SHARDS]
 
 
 def batches():

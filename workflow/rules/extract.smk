@@ -1,6 +1,6 @@
 rule extract_metadata:
     input:
-        shard=shard_list,
+        shard=res("_work/scan/shard_{shard}.jsonl"),
         script=script("extract_metadata"),
     output:
         instances=res("_work/extract/shard_{shard}.instances.parquet"),

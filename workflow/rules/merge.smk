@@ -18,9 +18,12 @@ checkpoint merge_metadata:
     params:
         keywords=keyword_args(),
         series_per_batch=config["metadata"]["series_per_batch"],
+        # per-batch work lists, rewritten only when they change (not declared as
+        # outputs, so unchanged batches keep their mtime and are not redone)
+        batch_dir=res("_work/batches"),
     shell:
         "python {input.script:q} --instance-parts {input.instances:q}"
         " --error-parts {input.errors:q} {params.keywords}"
         " --series-per-batch {params.series_per_batch}"
         " --instances {output.instances:q} --series {output.series:q}"
-        " --errors {output.errors:q} > {log:q} 2>&1"
+        " --errors {output.errors:q} --batch-dir {params.batch_dir:q} > {log:q} 2>&1"

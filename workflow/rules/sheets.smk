@@ -2,7 +2,7 @@ rule make_contact_sheets:
     input:
         manifest=res("_work/slices/batch_{batch}.parquet"),
         thumbnails=res("_work/thumbnails/batch_{batch}.parquet"),
-        series=res("metadata/series.parquet"),
+        series=res("_work/batches/batch_{batch}.series.parquet"),
         script=script("make_contact_sheets"),
     output:
         sheets=res("_work/sheets/batch_{batch}.parquet"),

@@ -1,7 +1,7 @@
 rule save_slices:
     input:
-        instances=res("metadata/instances.parquet"),
-        series=res("metadata/series.parquet"),
+        instances=res("_work/batches/batch_{batch}.instances.parquet"),
+        series=res("_work/batches/batch_{batch}.series.parquet"),
         script=script("save_slices"),
     output:
         manifest=res("_work/slices/batch_{batch}.parquet"),

@@ -1,0 +1,67 @@
+"""Incremental reruns: only the work a change calls for is redone (counting jobs, not timing)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections import Counter
+
+import pydicom
+import pytest
+
+import demo
+from workflow_run import ROOT, snakemake
+
+RUN = ("--cores", "2", "--config", "study=study", "results=results")
+
+
+def jobs_run(stderr: str) -> Counter:
+    """How many jobs of each rule a snakemake run executed, from its log."""
+    return Counter(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", stderr, flags=re.M))
+
+
+@pytest.fixture
+def finished(tmp_path):
+    """A finished run on a copy of the demo study; returns its working folder."""
+    shutil.copytree(demo.STUDY, tmp_path / "study")
+    snakemake(tmp_path, *RUN)
+    return tmp_path
+
+
+def add_series(study, name: str = "new_series") -> None:
+    """A new one-slice CT series folder, from a real file with fresh UIDs."""
+    ds = pydicom.dcmread(demo.CT_SMALL)
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.2"
+    (study / name).mkdir()
+    ds.save_as(study / name / "IM_0001")
+
+
+@pytest.mark.slow
+class TestReruns:
+    def test_unchanged_inputs_rerun_nothing(self, finished):
+        proc = snakemake(finished, *RUN)
+        assert jobs_run(proc.stderr) == Counter()
+        assert "Nothing to be done" in proc.stderr
+
+    def test_a_new_series_folder_redoes_only_its_shard_its_batch_and_the_merges(self, finished):
+        add_series(finished / "study")
+        ran = jobs_run(snakemake(finished, *RUN).stderr)
+        assert ran["extract_metadata"] == 1
+        assert ran["merge_metadata"] == 1
+        # the demo has two batches of series; only the one holding the new series is redone
+        assert ran["save_slices"] == ran["render_thumbnails"] == ran["make_contact_sheets"] == 1
+        assert ran["finalize_tables"] == ran["build_review_page"] == 1
+        series = (finished / "results" / "contact_sheets").glob("*.png")
+        assert len(list(series)) == 11
+
+    def test_thumbnail_settings_rerender_without_reading_headers_or_pixels(self, finished):
+        config = (ROOT / "config" / "config.yaml").read_text().replace("size: 256", "size: 128")
+        (finished / "small.yaml").write_text(config)
+        args = ("--cores", "2", "--configfile", str(finished / "small.yaml"))
+        ran = jobs_run(
+            snakemake(finished, *args, "--config", "study=study", "results=results").stderr
+        )
+        assert ran["extract_metadata"] == ran["merge_metadata"] == ran["save_slices"] == 0
+        assert ran["render_thumbnails"] == ran["make_contact_sheets"] == 2
+        assert ran["build_review_page"] == 1
