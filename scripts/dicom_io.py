@@ -116,11 +116,33 @@ class _ShortReadRecorder(io.RawIOBase):
         return True
 
 
-def _was_truncated(short_reads: list[tuple[int, int]]) -> bool:
-    """A read cut off mid-value means the file ended early; a clean 0-byte read at EOF does not."""
-    return any(got > 0 for _, got in short_reads) or any(
-        asked not in (4, 8) for asked, got in short_reads
-    )
+def _cut_short(short_reads: list[tuple[int, int]], size: int) -> str | None:
+    """Classify reads that came back short: ``truncated`` (the file ended under a value),
+    ``garbage`` (a length larger than the whole file: corrupt or misread data), or None
+    (only the clean 0-byte read of the next tag at the end of the file).
+    """
+    if any(asked > size for asked, _ in short_reads):
+        return "garbage"
+    if any(got > 0 for _, got in short_reads) or any(a not in (4, 8) for a, _ in short_reads):
+        return "truncated"
+    return None
+
+
+def _last_value_cut(ds: Dataset) -> bool:
+    """True when the last top-level element got fewer bytes than its header declared.
+
+    A file cut right after the header of a 4- or 8-byte value reads back like a clean
+    end of file; the last element's declared length tells the two apart.
+    """
+    tags = list(ds.keys())
+    if not tags:
+        return False
+    raw = ds.get_item(max(tags))
+    length = getattr(raw, "length", None)
+    value = getattr(raw, "value", None)
+    if length is None or length == 0xFFFFFFFF or not isinstance(value, (bytes, bytearray)):
+        return False
+    return len(value) < length
 
 
 def _expected_pixel_bytes(ds: Dataset) -> int | None:
@@ -182,6 +204,8 @@ def _pixel_element_header(fp, ds: Dataset) -> tuple[int, int | None] | None:
     tag = group << 16 | element
     if tag not in PIXEL_TAGS:
         return None
+    if head[4:6] in _LONG_LENGTH_VRS:
+        implicit = False  # the bytes say explicit VR, whatever the meta claims
     if implicit:
         (length,) = struct.unpack(endian + "L", head[4:8])
         header_size = 8
@@ -235,10 +259,20 @@ def read_header(path: str | os.PathLike) -> HeaderRead:
         except FileProblem:
             raise
         except Exception as exc:  # pydicom raises many types on corrupt input
-            # any short read before the failure means the file ended under the parser
-            reason = "truncated" if fp.short_reads else "unreadable_header"
+            # a short read before the failure means the file ended under the parser
+            cut = "truncated" if fp.short_reads else None
+            if _cut_short(fp.short_reads, size) == "garbage":
+                cut = None
+            reason = cut or "unreadable_header"
             raise FileProblem(reason, f"{type(exc).__name__}: {short_message(exc)}") from exc
-        if _was_truncated(fp.short_reads):
+        cut = _cut_short(fp.short_reads, size)
+        if cut == "garbage":
+            raise FileProblem(
+                "unreadable_header",
+                f"an element declares more bytes than the file holds ({size}); corrupt data "
+                "or a wrong transfer syntax",
+            )
+        if cut == "truncated" or _last_value_cut(ds):
             raise FileProblem(
                 "truncated", f"file ends inside the header ({size} bytes); dataset is incomplete"
             )

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import privacy
 import table_schema
 from dicom_io import FileProblem, HeaderRead, read_header
 from dicom_json import header_json
@@ -58,10 +59,28 @@ def instance_row(
     return row, warnings
 
 
+def pseudonymized(row: dict, errors: list[dict], key: bytes) -> tuple[dict, list[dict]]:
+    """Row and error rows with identifying values replaced by keyed pseudonyms.
+
+    Error details of malformed values are cut to the element's name: the raw value
+    might identify the patient.
+    """
+    row = privacy.pseudonymize_row(row, key)
+    model = privacy.pseudonymize_json(json.loads(row["header_json"]), key)
+    row["header_json"] = json.dumps(model, sort_keys=True, separators=(",", ":"))
+    for error in errors:
+        if error["reason"] == "malformed_value":
+            error["detail"] = error["detail"].split(":")[0] + ": malformed value (withheld)"
+    return row, errors
+
+
 def extract_file(
-    study: Path, path: str, file_size: int, keywords: Sequence[str]
+    study: Path, path: str, file_size: int, keywords: Sequence[str], key: bytes | None = None
 ) -> tuple[dict | None, list[dict]]:
-    """Index one file: its instance row (or None) and its error rows."""
+    """Index one file: its instance row (or None) and its error rows.
+
+    With a pseudonymisation ``key``, identifying values are replaced (see ``privacy``).
+    """
     try:
         header = read_header(study / path)
     except FileProblem as problem:
@@ -72,7 +91,10 @@ def extract_file(
         row, warnings = instance_row(path, file_size, header, keywords)
     except Exception as exc:  # noqa: BLE001
         return None, [_error(path, "unreadable_header", f"{type(exc).__name__}: {exc}", "error")]
-    return row, [_error(path, reason, detail, "warning") for reason, detail in warnings]
+    errors = [_error(path, reason, detail, "warning") for reason, detail in warnings]
+    if key is not None:
+        row, errors = pseudonymized(row, errors, key)
+    return row, errors
 
 
 def _error(path: str, reason: str, detail: str, severity: str) -> dict:
@@ -96,13 +118,16 @@ def read_shard(shard: Path) -> list[tuple[str, int]]:
 
 
 def extract_shard(
-    study: Path, entries: Sequence[tuple[str, int]], extra_keywords: Sequence[str] = ()
+    study: Path,
+    entries: Sequence[tuple[str, int]],
+    extra_keywords: Sequence[str] = (),
+    key: bytes | None = None,
 ):
     """Index every file of a shard; returns ``(instances table, errors table)`` sorted by path."""
     keywords = table_schema.instance_keywords(extra_keywords)
     rows, errors = [], []
     for path, size in sorted(entries):
-        row, file_errors = extract_file(study, path, size, keywords)
+        row, file_errors = extract_file(study, path, size, keywords, key)
         if row is not None:
             rows.append(row)
         errors.extend(file_errors)
@@ -121,6 +146,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--instances", required=True, help="output instances Parquet")
     parser.add_argument("--errors", required=True, help="output errors Parquet")
     parser.add_argument("--keyword", action="append", default=[], help="extra DICOM keyword")
+    parser.add_argument(
+        "--privacy",
+        choices=("none", "pseudonymize"),
+        default="none",
+        help=f"pseudonymize: keyed hashes for identifying values (key in ${privacy.KEY_ENV})",
+    )
     return parser.parse_args(argv)
 
 
@@ -130,11 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
         table_schema.instance_keywords(args.keyword)
+        key = privacy.load_key() if args.privacy == "pseudonymize" else None
     except ValueError as exc:
         print(f"extract_metadata: {exc}", file=sys.stderr)
         return 2
     entries = read_shard(args.shard)
-    instances, errors = extract_shard(args.study, entries, args.keyword)
+    instances, errors = extract_shard(args.study, entries, args.keyword, key)
     for target in (args.instances, args.errors):
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     table_schema.write_table(instances, args.instances)

@@ -21,6 +21,18 @@ if _problem:
 STUDY = config["study"]
 RESULTS = config["results"]
 
+import privacy  # noqa: E402 - lives in scripts/
+
+if config["privacy"]["mode"] == "pseudonymize":
+    # The key reaches jobs through their environment only: never a parameter, log or output.
+    if config["privacy"]["key"]:
+        os.environ[privacy.KEY_ENV] = config["privacy"]["key"]
+    if not os.environ.get(privacy.KEY_ENV):
+        sys.exit(
+            "dicom-study-pipeline: privacy mode 'pseudonymize' needs a key: set "
+            f"{privacy.KEY_ENV} (or config key privacy.key)"
+        )
+
 import scan_study  # noqa: E402 - lives in scripts/
 
 # The study is scanned while the DAG is built, not in a job: shard lists are rewritten

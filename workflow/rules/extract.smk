@@ -16,7 +16,9 @@ rule extract_metadata:
     params:
         study=STUDY,
         keywords=keyword_args(),
+        privacy=config["privacy"]["mode"],
     shell:
         "python {input.script:q} --study {params.study:q} --shard {input.shard:q}"
         " --instances {output.instances:q} --errors {output.errors:q} {params.keywords}"
+        " --privacy {params.privacy}"
         " > {log:q} 2>&1"

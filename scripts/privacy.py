@@ -1,0 +1,192 @@
+"""Pseudonymisation of identifying header values with keyed hashes (PS3.15 Basic Profile).
+
+With ``privacy: pseudonymize`` the metadata tables and ``header_json`` hold keyed
+HMAC-SHA256 pseudonyms instead of names, IDs and UIDs (so joins across series and
+studies still work), dates and times are removed, and private elements are dropped.
+The key comes from an environment variable and is never written to any output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.uid import UID_dictionary
+
+KEY_ENV = "DICOM_PIPELINE_PSEUDONYM_KEY"
+"""Environment variable holding the pseudonymisation key."""
+
+IDENTIFYING_KEYWORDS = (
+    # patient
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "OtherPatientIDsSequence",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientAge",
+    "PatientSex",
+    "PatientSize",
+    "PatientWeight",
+    "MedicalRecordLocator",
+    "EthnicGroup",
+    "Occupation",
+    "MilitaryRank",
+    "BranchOfService",
+    "AdditionalPatientHistory",
+    "PatientComments",
+    "PatientInsurancePlanCodeSequence",
+    "ResponsiblePerson",
+    # people and places
+    "ReferringPhysicianName",
+    "ReferringPhysicianAddress",
+    "ReferringPhysicianTelephoneNumbers",
+    "PerformingPhysicianName",
+    "NameOfPhysiciansReadingStudy",
+    "PhysiciansOfRecord",
+    "OperatorsName",
+    "RequestingPhysician",
+    "ScheduledPerformingPhysicianName",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "DeviceSerialNumber",
+    # study identifiers
+    "AccessionNumber",
+    "StudyID",
+    "RequestedProcedureID",
+    "PerformedProcedureStepID",
+    "ScheduledProcedureStepID",
+    "AdmissionID",
+    # UIDs
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "MediaStorageSOPInstanceUID",
+    "FrameOfReferenceUID",
+    "ReferencedSOPInstanceUID",
+    "ReferencedFrameOfReferenceUID",
+    "SynchronizationFrameOfReferenceUID",
+    "IrradiationEventUID",
+    "ConcatenationUID",
+    "DimensionOrganizationUID",
+    # dates and times
+    "StudyDate",
+    "SeriesDate",
+    "AcquisitionDate",
+    "ContentDate",
+    "InstanceCreationDate",
+    "StudyTime",
+    "SeriesTime",
+    "AcquisitionTime",
+    "ContentTime",
+    "InstanceCreationTime",
+    "AcquisitionDateTime",
+    # free text that often names people
+    "StudyDescription",
+    "SeriesDescription",
+    "ImageComments",
+    "RequestAttributesSequence",
+)
+"""Keywords of PS3.15 Table E.1-1 (Basic Profile) commonly found in headers."""
+
+_TAGS = {tag_for_keyword(k): k for k in IDENTIFYING_KEYWORDS if tag_for_keyword(k)}
+
+
+def load_key(env: dict | None = None) -> bytes:
+    """The pseudonymisation key from the environment; raises ValueError when unset."""
+    value = (env if env is not None else os.environ).get(KEY_ENV, "")
+    if not value:
+        raise ValueError(f"privacy: pseudonymize needs a key in the environment variable {KEY_ENV}")
+    return value.encode("utf-8")
+
+
+def pseudonym(value: str, key: bytes, vr: str) -> str:
+    """Keyed, stable stand-in for a value: a valid UID for UIs, a short token otherwise."""
+    digest = hmac.new(key, value.encode("utf-8"), hashlib.sha256).digest()
+    if vr == "UI":
+        return "2.25." + str(int.from_bytes(digest[:16], "big"))
+    return "anon-" + digest[:8].hex()
+
+
+_REMOVED_VRS = {"DA", "DT", "TM", "AS"}
+_NUMERIC_VRS = {"DS", "IS", "FL", "FD", "US", "UL", "SS", "SL", "SV", "UV"}
+
+
+def _is_registered_uid(value: str) -> bool:
+    """Class and syntax UIDs from the DICOM registry identify nothing; keep them."""
+    return value in UID_dictionary
+
+
+def _value_action(tag: int, vr: str | None) -> str:
+    """``keep``, ``remove`` or ``hash`` for an element, by its tag and VR."""
+    if vr in _REMOVED_VRS:
+        return "remove"
+    if vr in ("PN", "UI", "AE") or tag in _TAGS:  # names, UIDs, station AE titles
+        return "remove" if vr in _NUMERIC_VRS or vr == "SQ" else "hash"
+    return "keep"
+
+
+def _hash_value(value, key: bytes, vr: str):
+    if vr == "UI" and _is_registered_uid(str(value)):
+        return value
+    return pseudonym(str(value), key, vr)
+
+
+def pseudonymize_row(row: dict, key: bytes) -> dict:
+    """A new instance row: identifying keyword columns hashed, dates and times removed."""
+    out = dict(row)
+    for keyword, value in row.items():
+        tag = tag_for_keyword(keyword)
+        if tag is None or value is None:
+            continue
+        vr = dictionary_VR(tag).split(" or ")[0]
+        action = _value_action(tag, vr)
+        if action == "remove":
+            out[keyword] = None
+        elif action == "hash":
+            items = value if isinstance(value, list) else [value]
+            hashed = [_hash_value(v, key, vr) for v in items]
+            out[keyword] = hashed if isinstance(value, list) else hashed[0]
+    return out
+
+
+def pseudonymize_json(model: dict, key: bytes) -> dict:
+    """A new DICOM JSON model, recursively: names, IDs and instance UIDs hashed, dates and
+    times emptied, private elements and identifying sequences dropped.
+    """
+    out = {}
+    for tag_hex, element in model.items():
+        tag = int(tag_hex, 16)
+        if (tag >> 16) % 2 == 1:
+            continue  # private elements may hold anything
+        vr = element.get("vr")
+        action = _value_action(tag, vr)
+        if action == "keep" or "Value" not in element:
+            if vr == "SQ" and "Value" in element:
+                items = [pseudonymize_json(item, key) for item in element["Value"]]
+                element = {**element, "Value": items}
+            out[tag_hex] = element
+        elif action == "remove":
+            out[tag_hex] = {"vr": vr}
+        elif vr == "PN":
+            names = [
+                str(v.get("Alphabetic", "")) if isinstance(v, dict) else str(v)
+                for v in element["Value"]
+            ]
+            out[tag_hex] = {
+                "vr": vr,
+                "Value": [{"Alphabetic": pseudonym(n, key, vr)} for n in names],
+            }
+        else:
+            out[tag_hex] = {"vr": vr, "Value": [_hash_value(v, key, vr) for v in element["Value"]]}
+    return out
