@@ -36,6 +36,19 @@ def paths_problem(study: str, results: str) -> str | None:
     results_real = Path(results).resolve()
     if results_real == study_real or study_real in results_real.parents:
         return f"results folder {results} is inside the study folder {study}; choose another"
+    return writable_problem(Path(results))
+
+
+def writable_problem(results: Path) -> str | None:
+    """Refuse a results folder that cannot be created or written, before any job starts."""
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        probe = results / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        return f"results folder {results} is not writable: {reason}"
     return None
 
 

@@ -115,6 +115,13 @@ class TestSnakemakeChecks:
             "_work/scan/shard_0000.jsonl"
         ]
 
+    def test_an_empty_study_folder_stops_with_one_clear_line(self, tmp_path):
+        (tmp_path / "empty" / "sub").mkdir(parents=True)
+        proc = snakemake(tmp_path, "-n", "--config", "study=empty", check=False)
+        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+        assert proc.returncode != 0
+        assert lines == ["dicom-study-pipeline: study folder has no files: empty"]
+
     @pytest.mark.parametrize(
         ("override", "message"),
         [
@@ -131,6 +138,11 @@ class TestSnakemakeChecks:
                 ["results=" + str(demo.STUDY / "out")],
                 "inside the study folder",
                 id="results-in-study",
+            ),
+            pytest.param(
+                ["results=" + str(demo.ROOT / "README.md" / "out")],
+                "is not writable",
+                id="results-unwritable",
             ),
         ],
     )

@@ -39,9 +39,16 @@ import scan_study  # noqa: E402 - lives in scripts/
 # only when their files changed, so a rerun re-extracts only changed shards. Jobs
 # running elsewhere (cluster nodes) only read the lists the main process wrote.
 if workflow.is_main_process:
-    SHARDS = scan_study.scan(
-        Path(STUDY), Path(RESULTS) / "_work" / "scan", config["scan"]["files_per_shard"]
-    )
+    try:
+        SHARDS = scan_study.scan(
+            Path(STUDY),
+            Path(RESULTS) / "_work" / "scan",
+            config["scan"]["files_per_shard"],
+        )
+    except OSError as exc:
+        sys.exit(
+            f"dicom-study-pipeline: cannot write the scan to {RESULTS}: {exc.strerror}"
+        )
     if not SHARDS:
         sys.exit(f"dicom-study-pipeline: study folder has no files: {STUDY}")
 else:
