@@ -12,7 +12,8 @@ import pytest
 import demo
 from workflow_run import ROOT, snakemake
 
-RUN = ("--cores", "2", "--config", "study=study", "results=results")
+CONFIG = ("study=study", "results=results")
+RUN = ("--cores", "2", "--configfile", "small_batches.yaml", "--config", *CONFIG)
 
 
 def jobs_run(stderr: str) -> Counter:
@@ -24,6 +25,8 @@ def jobs_run(stderr: str) -> Counter:
 def finished(tmp_path):
     """A finished run on a copy of the demo study; returns its working folder."""
     shutil.copytree(demo.STUDY, tmp_path / "study")
+    # small batches, so the demo's 11 image series spread over 4 batches
+    (tmp_path / "small_batches.yaml").write_text("metadata:\n  series_per_batch: 4\n")
     snakemake(tmp_path, *RUN)
     return tmp_path
 
@@ -49,7 +52,7 @@ class TestReruns:
         ran = jobs_run(snakemake(finished, *RUN).stderr)
         assert ran["extract_metadata"] == 1
         assert ran["merge_metadata"] == 1
-        # the demo has two batches of series; only the one holding the new series is redone
+        # of the demo's batches of series only the one holding the new series is redone
         assert ran["save_slices"] == ran["render_thumbnails"] == ran["make_contact_sheets"] == 1
         assert ran["finalize_tables"] == ran["build_review_page"] == 1
         series = (finished / "results" / "contact_sheets").glob("*.png")
@@ -57,11 +60,12 @@ class TestReruns:
 
     def test_thumbnail_settings_rerender_without_reading_headers_or_pixels(self, finished):
         config = (ROOT / "config" / "config.yaml").read_text().replace("size: 256", "size: 128")
+        config = config.replace("series_per_batch: 32", "series_per_batch: 4")
         (finished / "small.yaml").write_text(config)
-        args = ("--cores", "2", "--configfile", str(finished / "small.yaml"))
-        ran = jobs_run(
-            snakemake(finished, *args, "--config", "study=study", "results=results").stderr
-        )
+        args = ("--cores", "2", "--configfile", str(finished / "small.yaml"), "--config", *CONFIG)
+        ran = jobs_run(snakemake(finished, *args).stderr)
         assert ran["extract_metadata"] == ran["merge_metadata"] == ran["save_slices"] == 0
-        assert ran["render_thumbnails"] == ran["make_contact_sheets"] == 2
+        batches = len(list((finished / "results" / "_work" / "batches").glob("*.series.parquet")))
+        assert batches == 3  # the demo's series hash into 3 of the 4 batches
+        assert ran["render_thumbnails"] == ran["make_contact_sheets"] == batches
         assert ran["build_review_page"] == 1
