@@ -21,6 +21,9 @@ from dicom_json import header_json
 
 log = logging.getLogger("extract_metadata")
 
+SHARD_ROW_GROUP = 128
+"""Rows per Parquet row group in a shard's instances table."""
+
 
 def _element_value(header: HeaderRead, keyword: str):
     """Raw pydicom value of a keyword, looking in file meta for group 0002 keywords."""
@@ -169,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     instances, errors = extract_shard(args.study, entries, args.keyword, key)
     for target in (args.instances, args.errors):
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-    table_schema.write_table(instances, args.instances)
+    # small row groups let the merge stream every shard at once in little memory
+    table_schema.write_table(instances, args.instances, row_group_size=SHARD_ROW_GROUP)
     table_schema.write_table(errors, args.errors)
     log.info(
         "%d files: %d instances, %d error rows", len(entries), instances.num_rows, errors.num_rows

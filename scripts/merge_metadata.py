@@ -8,6 +8,7 @@ geometry checks and the batch that later stages process it in.
 from __future__ import annotations
 
 import argparse
+import heapq
 import logging
 import os
 import posixpath
@@ -293,56 +294,175 @@ BATCH_INSTANCE_COLUMNS = [
 """Instance columns the per-batch stages need (header_json only for multi-frame rows)."""
 
 
-def grouping_rows(instances: pa.Table) -> list[dict]:
-    """Instance rows for grouping, as dicts, with header_json only where geometry needs it.
+OUTPUT_ROW_GROUP = 1024
+"""Rows per row group of instances.parquet: fixed, so bytes do not depend on sharding."""
 
-    Converting every header to Python would dominate the merge of a large study; only
-    multi-frame instances carry per-frame positions in it.
+
+def read_light(parts: Sequence[str], schema: pa.Schema) -> pa.Table:
+    """Every shard's instance rows without header_json, sorted by path."""
+    columns = [name for name in schema.names if name != "header_json"]
+    light = schema.remove(schema.get_field_index("header_json"))
+    tables = [pq.read_table(p, columns=columns, schema=schema).select(columns) for p in parts]
+    table = pa.concat_tables(tables) if tables else light.empty_table()
+    return table.sort_by("path")
+
+
+def multi_frame_headers(parts: Sequence[str], schema: pa.Schema) -> dict[str, str]:
+    """header_json of multi-frame instances (their per-frame geometry lives there), by path."""
+    headers: dict[str, str] = {}
+    for part in parts:
+        frames = pq.read_table(part, columns=["path", "NumberOfFrames"], schema=schema)
+        multi = pc.greater(pc.fill_null(frames.column("NumberOfFrames"), 1), 1)
+        if not pc.any(multi).as_py():
+            continue
+        table = pq.read_table(part, columns=["path", "header_json"], schema=schema).filter(multi)
+        headers.update(zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True))
+    return headers
+
+
+def grouping_rows(light: pa.Table, headers: dict[str, str]) -> list[dict]:
+    """Instance rows for grouping, as dicts, with header_json only where geometry needs it."""
+    rows = light.to_pylist()
+    for row in rows:
+        if row["path"] in headers:
+            row["header_json"] = headers[row["path"]]
+    return rows
+
+
+SHARD_STREAM_BATCH = 128
+"""Rows read from each shard at a time while merging."""
+
+
+class _ShardStream:
+    """Rows of one path-sorted shard table, read a row group at a time."""
+
+    def __init__(self, path: str):
+        self._batches = pq.ParquetFile(path).iter_batches(batch_size=SHARD_STREAM_BATCH)
+        self.batch: pa.RecordBatch | None = None
+        self.paths: list[str] = []
+        self.pos = 0
+        self.advance()
+
+    def advance(self) -> bool:
+        """Load the next non-empty batch; False when the shard is exhausted."""
+        for batch in self._batches:
+            if batch.num_rows:
+                self.batch, self.paths, self.pos = batch, batch.column("path").to_pylist(), 0
+                return True
+        self.batch = None
+        return False
+
+
+
+def write_instances(
+    parts: Sequence[str], schema: pa.Schema, keys: dict[str, str], target: str
+) -> None:
+    """Write instances.parquet in path order by a k-way merge of the path-sorted shards.
+
+    Only a batch of rows per shard is in memory at a time, whatever the study's size;
+    series_key is filled in from ``keys`` (path → key).
     """
-    light = instances.drop_columns(["header_json"]).to_pylist()
-    multi = [i for i, row in enumerate(light) if (row.get("NumberOfFrames") or 1) > 1]
-    headers = instances.column("header_json").take(multi).to_pylist() if multi else []
-    for i, header in zip(multi, headers, strict=True):
-        light[i]["header_json"] = header
-    return light
+    streams = [s for s in (_ShardStream(p) for p in parts) if s.batch is not None]
+    heap = [(s.paths[0], i) for i, s in enumerate(streams)]
+    heapq.heapify(heap)
+    key_index = schema.get_field_index("series_key")
+    tmp = f"{target}.tmp"
+    pending: list[pa.RecordBatch] = []
+    with pq.ParquetWriter(tmp, schema, **table_schema.PARQUET_OPTIONS) as writer:
+
+        def flush(final: bool) -> int:
+            """Write whole row groups from the pending rows (all of them when final)."""
+            table = pa.Table.from_batches(pending, schema=schema)
+            pending.clear()
+            while table.num_rows >= OUTPUT_ROW_GROUP or (final and table.num_rows):
+                chunk = table.slice(0, OUTPUT_ROW_GROUP)
+                chunk_keys = pa.array([keys[p] for p in chunk.column("path").to_pylist()])
+                chunk = chunk.set_column(key_index, "series_key", chunk_keys.cast(pa.string()))
+                writer.write_table(chunk, row_group_size=OUTPUT_ROW_GROUP)
+                table = table.slice(chunk.num_rows)
+            pending.extend(table.to_batches())
+            return table.num_rows
+
+        pending_rows = 0
+        while heap:
+            _, i = heapq.heappop(heap)
+            stream = streams[i]
+            limit = heap[0][0] if heap else None
+            start = stream.pos
+            while stream.pos < len(stream.paths) and (
+                limit is None or stream.paths[stream.pos] < limit
+            ):
+                stream.pos += 1
+            pending.append(stream.batch.slice(start, stream.pos - start))
+            pending_rows += stream.pos - start
+            if stream.pos < len(stream.paths) or stream.advance():
+                heapq.heappush(heap, (stream.paths[stream.pos], i))
+            if pending_rows >= OUTPUT_ROW_GROUP:
+                pending_rows = flush(final=False)
+        flush(final=True)
+    os.replace(tmp, target)
 
 
-def merge(instance_parts, error_parts, extra_keywords=(), series_per_batch: int = 8):
-    """Return ``(instances, series, errors)`` tables, each sorted deterministically."""
+def merge_tables(instance_parts, error_parts, extra_keywords=(), series_per_batch: int = 8):
+    """Group instances into series: ``(light instances, series, errors, keys by path)``.
+
+    ``light instances`` has every column but header_json (multi-frame headers are in the
+    rows used for geometry); the full table is written by :func:`write_instances`.
+    """
     schema = table_schema.instances_schema(extra_keywords)
-    instances = read_parts(instance_parts, schema).sort_by("path")
-    rows = grouping_rows(instances)
+    light = read_light(instance_parts, schema)
+    headers = multi_frame_headers(instance_parts, schema)
+    rows = grouping_rows(light, headers)
     records, keys = build_series(rows, series_per_batch)
-    instances = instances.set_column(
-        schema.get_field_index("series_key"), "series_key", pa.array(keys, pa.string())
+    light = light.set_column(
+        light.schema.get_field_index("series_key"), "series_key", pa.array(keys, pa.string())
     )
     errors = read_parts(error_parts, table_schema.ERRORS_SCHEMA).sort_by(
         [("path", "ascending"), ("severity", "ascending"), ("reason", "ascending")]
     )
     series = table_schema.table_from_rows(records, SERIES_SCHEMA)
-    return instances, series, errors
+    key_by_path = dict(zip(light.column("path").to_pylist(), keys, strict=True))
+    return light, headers, series, errors, key_by_path
 
 
-def batch_tables(instances: pa.Table, series: pa.Table) -> dict[int, tuple[pa.Table, pa.Table]]:
+def merge(instance_parts, error_parts, extra_keywords=(), series_per_batch: int = 8):
+    """Return ``(instances, series, errors)`` tables in memory (small studies and tests)."""
+    schema = table_schema.instances_schema(extra_keywords)
+    light, _, series, errors, keys = merge_tables(
+        instance_parts, error_parts, extra_keywords, series_per_batch
+    )
+    full = read_parts(instance_parts, schema).sort_by("path")
+    full = full.set_column(
+        schema.get_field_index("series_key"),
+        "series_key",
+        pa.array([keys[p] for p in full.column("path").to_pylist()], pa.string()),
+    )
+    return full, series, errors
+
+
+def batch_tables(
+    light: pa.Table, headers: dict[str, str], series: pa.Table
+) -> dict[int, tuple[pa.Table, pa.Table]]:
     """Per batch: its series rows and the instance columns its slices need."""
     out = {}
     batches = sorted(set(series.column("batch").drop_null().to_pylist()))
-    frames = pc.fill_null(instances.column("NumberOfFrames"), 1)
-    single = pc.less_equal(frames, 1)
-    headers = pc.if_else(single, pa.scalar(None, pa.string()), instances.column("header_json"))
-    light = instances.select(BATCH_INSTANCE_COLUMNS[:-1]).append_column("header_json", headers)
+    paths = light.column("path").to_pylist()
+    header_column = pa.array([headers.get(p) for p in paths], pa.string())
+    columns = light.select(BATCH_INSTANCE_COLUMNS[:-1]).append_column("header_json", header_column)
     for batch in batches:
         batch_series = series.filter(pc.equal(series.column("batch"), batch))
         keys = batch_series.column("series_key")
-        batch_instances = light.filter(pc.is_in(light.column("series_key"), value_set=keys))
+        batch_instances = columns.filter(pc.is_in(columns.column("series_key"), value_set=keys))
         out[batch] = (batch_series, batch_instances)
     return out
 
 
-def write_batches(instances: pa.Table, series: pa.Table, folder: str) -> list[int]:
+def write_batches(
+    light: pa.Table, headers: dict[str, str], series: pa.Table, folder: str
+) -> list[int]:
     """Write each batch's work lists, rewriting only those whose content changed."""
     os.makedirs(folder, exist_ok=True)
-    tables = batch_tables(instances, series)
+    tables = batch_tables(light, headers, series)
     for batch, (batch_series, batch_instances) in tables.items():
         for kind, table in (("series", batch_series), ("instances", batch_instances)):
             target = os.path.join(folder, f"batch_{batch}.{kind}.parquet")
@@ -364,24 +484,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Merge the shard tables and write the three metadata tables."""
+    """Merge the shard tables and write the metadata tables (and batch work lists)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    instances, series, errors = merge(
+    light, headers, series, errors, keys = merge_tables(
         args.instance_parts, args.error_parts, args.keyword, args.series_per_batch
     )
-    for target, table in (
-        (args.instances, instances),
-        (args.series, series),
-        (args.errors, errors),
-    ):
+    for target in (args.instances, args.series, args.errors):
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        table_schema.write_table(table, target)
+    schema = table_schema.instances_schema(args.keyword)
+    write_instances(args.instance_parts, schema, keys, args.instances)
+    table_schema.write_table(series, args.series)
+    table_schema.write_table(errors, args.errors)
     if args.batch_dir:
-        write_batches(instances, series, args.batch_dir)
+        write_batches(light, headers, series, args.batch_dir)
     log.info(
         "%d instances in %d series/stacks; %d error rows",
-        instances.num_rows,
+        light.num_rows,
         series.num_rows,
         errors.num_rows,
     )

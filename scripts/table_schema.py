@@ -234,10 +234,10 @@ PARQUET_OPTIONS = {
 """Fixed writer options: the same table always gives the same bytes."""
 
 
-def write_table(table: pa.Table, path: str) -> None:
+def write_table(table: pa.Table, path: str, row_group_size: int | None = None) -> None:
     """Write Parquet deterministically (fixed options, no timestamps) via a temporary name."""
     tmp = f"{path}.tmp"
-    pq.write_table(table, tmp, **PARQUET_OPTIONS)
+    pq.write_table(table, tmp, row_group_size=row_group_size, **PARQUET_OPTIONS)
     os.replace(tmp, path)
 
 
