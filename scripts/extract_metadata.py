@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -170,8 +169,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     entries = read_shard(args.shard)
     instances, errors = extract_shard(args.study, entries, args.keyword, key)
-    for target in (args.instances, args.errors):
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     # small row groups let the merge stream every shard at once in little memory
     table_schema.write_table(instances, args.instances, row_group_size=SHARD_ROW_GROUP)
     table_schema.write_table(errors, args.errors)

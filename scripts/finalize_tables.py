@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
@@ -65,9 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     slices = slices_table(args.manifests, args.thumbnails)
     errors = errors_table(args.error_parts)
-    for target, table in ((args.slices, slices), (args.errors, errors)):
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        table_schema.write_table(table, target)
+    table_schema.write_table(slices, args.slices)
+    table_schema.write_table(errors, args.errors)
     log.info("%d slices, %d error rows", slices.num_rows, errors.num_rows)
     return 0
 

@@ -239,7 +239,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report_dir is not None:
         args.report_dir.mkdir(parents=True, exist_ok=True)  # exists even when no sheet is drawn
     table = make_sheets(args.results, manifest, rendered, series, args.tiles, args.report_dir)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     table_schema.write_table(table, args.out)
     log.info("%d contact sheets drawn", table.num_rows)
     return 0

@@ -353,7 +353,6 @@ class _ShardStream:
         return False
 
 
-
 def write_instances(
     parts: Sequence[str], schema: pa.Schema, keys: dict[str, str], target: str
 ) -> None:
@@ -490,8 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     light, headers, series, errors, keys = merge_tables(
         args.instance_parts, args.error_parts, args.keyword, args.series_per_batch
     )
-    for target in (args.instances, args.series, args.errors):
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.instances)), exist_ok=True)
     schema = table_schema.instances_schema(args.keyword)
     write_instances(args.instance_parts, schema, keys, args.instances)
     table_schema.write_table(series, args.series)

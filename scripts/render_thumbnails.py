@@ -155,7 +155,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = render_batch(
         args.results, pq.read_table(args.manifest), args.size, args.ct_window, args.study
     )
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     table_schema.write_table(table, args.out)
     log.info("%d thumbnails rendered", table.num_rows)
     return 0

@@ -395,9 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.batch,
         Selection(args.count, tuple(args.fractions), tuple(args.planes)),
     )
-    for target, table in ((args.manifest, manifest), (args.errors, errors)):
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-        table_schema.write_table(table, target)
+    table_schema.write_table(manifest, args.manifest)
+    table_schema.write_table(errors, args.errors)
     log.info(
         "batch %d: %d slices saved, %d undecodable", args.batch, manifest.num_rows, errors.num_rows
     )

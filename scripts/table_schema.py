@@ -235,7 +235,10 @@ PARQUET_OPTIONS = {
 
 
 def write_table(table: pa.Table, path: str, row_group_size: int | None = None) -> None:
-    """Write Parquet deterministically (fixed options, no timestamps) via a temporary name."""
+    """Write Parquet deterministically (fixed options, no timestamps) via a temporary name,
+    creating the parent folder.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     pq.write_table(table, tmp, row_group_size=row_group_size, **PARQUET_OPTIONS)
     os.replace(tmp, path)
