@@ -4,16 +4,21 @@
 #   tests/cluster/start_slurm.sh STATE_DIR
 #
 # Installs Debian's slurm-wlm and munge when they are missing (needs root and apt-get),
-# then writes STATE_DIR/slurm.conf for one node named `hostname -s` on 127.0.0.1 and
-# starts a private munged, slurmctld and slurmd whose keys, sockets, spool, logs and pid
-# files all live in STATE_DIR. Nothing under /etc is changed and no system daemon is
-# touched, so a cluster already running here keeps running. Free ports are picked, so two
-# of these clusters can run side by side.
+# writes a slurm.conf for one node named `hostname -s` on 127.0.0.1 and starts a private
+# munged, slurmctld and slurmd whose munge key and socket, state, spool, logs and pid files
+# all live in STATE_DIR, on free ports. No system daemon is touched.
 #
-# Clients find the cluster through SLURM_CONF: `. STATE_DIR/env` sets it. The script
-# returns once `sinfo` shows the node idle, and exits non-zero (with the daemon logs on
-# stderr) when SLURM cannot be installed or does not come up. Stop it with
-# tests/cluster/stop_slurm.sh STATE_DIR, which ends exactly the daemons started here.
+# The config goes to /etc/slurm/slurm.conf, where every SLURM command finds it as on a
+# real cluster (a copy stays in STATE_DIR). It has to: the executor plugin's job step
+# drops SLURM_* variables, SLURM_CONF included, before its `srun`. So the script refuses
+# when /etc/slurm/slurm.conf is not one of its own, or belongs to another test
+# cluster that is still running.
+#
+# Returns 0 once `sinfo` shows the node idle. Exit status otherwise: 3 when SLURM is
+# missing and cannot be installed, 4 when /etc/slurm/slurm.conf is taken (see above),
+# 1 when the daemons do not come up (their logs are printed on stderr). Stop it with
+# tests/cluster/stop_slurm.sh STATE_DIR, which ends exactly the daemons started here and
+# removes the config it wrote.
 set -euo pipefail
 
 state=${1:?usage: start_slurm.sh STATE_DIR}
@@ -22,6 +27,16 @@ state=$(cd "$state" && pwd -P)
 chmod 0700 "$state"
 
 say() { echo "start_slurm: $*" >&2; }
+fail() { # print the daemons' logs, exit 1
+  say "$*"
+  for log in "$state/munge/munged.log" "$state/slurmctld.log" "$state/slurmd.log"; do
+    if [ -f "$log" ]; then
+      echo "--- $log" >&2
+      tail -n 20 "$log" >&2
+    fi
+  done
+  exit 1
+}
 
 # --- 1. packages --------------------------------------------------------------------
 need=()
@@ -31,7 +46,7 @@ done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     say "missing ${need[*]} and cannot install them (needs root and apt-get)"
-    exit 1
+    exit 3
   fi
   say "installing slurm-wlm and munge (missing: ${need[*]})"
   if ! { apt-get update -qq \
@@ -39,11 +54,36 @@ if [ ${#need[@]} -gt 0 ]; then
       slurm-wlm slurm-client munge; } >"$state/apt.log" 2>&1; then
     tail -n 20 "$state/apt.log" >&2
     say "apt-get could not install slurm-wlm and munge"
-    exit 1
+    exit 3
   fi
 fi
 
-# --- 2. munge: a private key, socket and daemon ---------------------------------------
+# --- 2. the system config slot -------------------------------------------------------
+conf=/etc/slurm/slurm.conf
+marker="# written by tests/cluster/start_slurm.sh for"
+mkdir -p "$(dirname "$conf")"
+# one start at a time: checking the slot and claiming it must not interleave
+lock=/tmp/.dicom-study-pipeline-start_slurm.lock
+exec 9>"$lock"
+if ! flock -w 120 9; then
+  say "another start_slurm.sh holds $lock"
+  exit 4
+fi
+if [ -e "$conf" ]; then
+  if ! grep -q "^$marker " "$conf"; then
+    say "$conf exists and was not written by this script; not touching it"
+    exit 4
+  fi
+  other=$(sed -n "s|^$marker ||p" "$conf" | head -n 1)
+  pid=$(tr -dc '0-9' <"$other/slurmctld.pid" 2>/dev/null || true)
+  if [ "$other" != "$state" ] && [ -n "$pid" ] \
+    && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = slurmctld ]; then
+    say "another test cluster ($other) is running; stop it first"
+    exit 4
+  fi
+fi
+
+# --- 3. munge: a private key, socket and daemon ---------------------------------------
 mkdir -p "$state/munge"
 chmod 0700 "$state/munge"
 mungekey --create --keyfile="$state/munge/munge.key" --force >/dev/null 2>&1 \
@@ -55,9 +95,10 @@ munged --force \
   --key-file="$state/munge/munge.key" \
   --pid-file="$state/munge/munged.pid" \
   --log-file="$state/munge/munged.log" \
-  --seed-file="$state/munge/munged.seed"
+  --seed-file="$state/munge/munged.seed" 9>&- \
+  || fail "munged did not start"
 
-# --- 3. slurm.conf ---------------------------------------------------------------------
+# --- 4. slurm.conf ---------------------------------------------------------------------
 free_port() {
   python3 - <<'EOF'
 import socket
@@ -76,7 +117,8 @@ node_hw=$(slurmd -C | head -n 1 | sed -e 's/^NodeName=[^ ]* //')
 mkdir -p "$state/ctld" "$state/spool"
 
 cat >"$state/slurm.conf" <<EOF
-# Single-node test cluster written by tests/cluster/start_slurm.sh; not for production.
+$marker $state
+# Single-node test cluster; not for production.
 ClusterName=dsp-test
 SlurmctldHost=$node(127.0.0.1)
 SlurmctldPort=$ctld_port
@@ -99,8 +141,10 @@ MpiDefault=none
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-# No slurmdbd: sacct then asks slurmctld, which knows the jobs for MinJobAge seconds
-# after they end. The job completion log keeps a record of every job for the tests.
+# No slurmdbd, so plain sacct answers "accounting storage is disabled". Instead every
+# finished job is written to the job completion log, which sacct --completion reads,
+# and squeue keeps showing finished jobs for MinJobAge seconds (the executor plugin's
+# status command squeue relies on that).
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/linux
 JobCompType=jobcomp/filetxt
@@ -114,29 +158,20 @@ NodeName=$node NodeAddr=127.0.0.1 $node_hw State=UNKNOWN
 PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
 EOF
 
-{
-  echo "export SLURM_CONF=$state/slurm.conf"
-} >"$state/env"
-export SLURM_CONF="$state/slurm.conf"
+cp "$state/slurm.conf" "$conf"
+unset SLURM_CONF
 
-# --- 4. daemons --------------------------------------------------------------------------
-fail() {
-  say "$*"
-  for log in "$state/munge/munged.log" "$state/slurmctld.log" "$state/slurmd.log"; do
-    [ -f "$log" ] && { echo "--- $log" >&2; tail -n 20 "$log" >&2; }
-  done
-  exit 1
-}
+# --- 5. daemons --------------------------------------------------------------------------
+# (the daemons must not inherit the lock's descriptor, or they would hold it for good)
+slurmctld -i 9>&- || fail "slurmctld did not start"
+slurmd -N "$node" 9>&- || fail "slurmd did not start"
 
-slurmctld -i || fail "slurmctld did not start"
-slurmd -N "$node" || fail "slurmd did not start"
-
-# --- 5. wait for the node to be idle -----------------------------------------------------
+# --- 6. wait for the node to be idle -----------------------------------------------------
 for _ in $(seq 1 60); do
   state_now=$(sinfo --noheader --nodes="$node" --format=%t 2>/dev/null || true)
   case "$state_now" in
     idle*)
-      say "node $node idle (SLURM_CONF=$SLURM_CONF)"
+      say "node $node idle ($conf, state in $state)"
       exit 0
       ;;
   esac

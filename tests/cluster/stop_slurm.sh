@@ -5,7 +5,8 @@
 #
 # Ends only the slurmd, slurmctld and munged whose pid files are in STATE_DIR (each by its
 # process id, after checking that the id still belongs to that program), waits for them
-# to exit and leaves STATE_DIR (logs, job completion log) in place.
+# to exit, removes /etc/slurm/slurm.conf when it is the one written for STATE_DIR, and
+# leaves STATE_DIR (logs, job completion log) in place.
 set -uo pipefail
 
 state=${1:?usage: stop_slurm.sh STATE_DIR}
@@ -31,4 +32,11 @@ stop() { # stop NAME PIDFILE
 stop slurmd "$state/slurmd.pid"
 stop slurmctld "$state/slurmctld.pid"
 stop munged "$state/munge/munged.pid"
+
+conf=/etc/slurm/slurm.conf
+state_abs=$(cd "$state" 2>/dev/null && pwd -P)
+if [ -n "$state_abs" ] && [ -f "$conf" ] \
+  && grep -qxF "# written by tests/cluster/start_slurm.sh for $state_abs" "$conf"; then
+  rm -f "$conf"
+fi
 exit 0
