@@ -49,7 +49,9 @@ def _raw_length(raw) -> int:
     return len(value) if isinstance(value, (bytes, bytearray)) else 0
 
 
-def dataset_to_json_dict(ds: Dataset, problems: list[str], prefix: str = "") -> dict:
+def dataset_to_json_dict(
+    ds: Dataset, problems: list[str], prefix: str = "", check: bool = False
+) -> dict:
     """Convert a dataset to a DICOM JSON dict, collecting one message per element kept raw.
 
     Parameters
@@ -60,6 +62,9 @@ def dataset_to_json_dict(ds: Dataset, problems: list[str], prefix: str = "") -> 
         Receives ``"(gggg,eeee) VR: message"`` for each element that failed to convert.
     prefix : str
         Path of enclosing sequence items, used in problem messages.
+    check : bool
+        Also reject each value that standard JSON cannot hold (NaN, infinity); slower,
+        so only used when the whole header failed that test.
     """
     out: dict = {}
     for tag in sorted(ds.keys()):
@@ -72,7 +77,7 @@ def dataset_to_json_dict(ds: Dataset, problems: list[str], prefix: str = "") -> 
             elem = ds[tag]
             if elem.VR == "SQ":
                 items = [
-                    dataset_to_json_dict(item, problems, f"{prefix}{key}[{i}].")
+                    dataset_to_json_dict(item, problems, f"{prefix}{key}[{i}].", check)
                     for i, item in enumerate(elem.value)
                 ]
                 out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
@@ -80,19 +85,30 @@ def dataset_to_json_dict(ds: Dataset, problems: list[str], prefix: str = "") -> 
                 continue
             else:
                 entry = elem.to_json_dict(None, BULK_THRESHOLD)
-                json.dumps(entry, allow_nan=False)  # values must serialise as standard JSON
+                if check:
+                    json.dumps(entry, allow_nan=False)
                 out[key] = entry
         except Exception as exc:  # noqa: BLE001 - any vendor oddity costs only its element
             problems.append(f"{prefix}{key} {vr}: {type(exc).__name__}: {exc}"[:300])
     return out
 
 
-def header_json(ds: Dataset) -> tuple[str, list[str]]:
-    """Serialise file meta and dataset as one compact, key-sorted DICOM JSON object."""
+def _model(ds: Dataset, check: bool) -> tuple[dict, list[str]]:
     problems: list[str] = []
     model = {}
     file_meta = getattr(ds, "file_meta", None)
     if file_meta is not None:
-        model.update(dataset_to_json_dict(file_meta, problems))
-    model.update(dataset_to_json_dict(ds, problems))
-    return json.dumps(model, sort_keys=True, separators=(",", ":")), problems
+        model.update(dataset_to_json_dict(file_meta, problems, check=check))
+    model.update(dataset_to_json_dict(ds, problems, check=check))
+    return model, problems
+
+
+def header_json(ds: Dataset) -> tuple[str, list[str]]:
+    """Serialise file meta and dataset as one compact, key-sorted DICOM JSON object."""
+    model, problems = _model(ds, check=False)
+    try:
+        text = json.dumps(model, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # a NaN or infinity somewhere: convert again, element by element
+        model, problems = _model(ds, check=True)
+        text = json.dumps(model, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return text, problems

@@ -144,33 +144,30 @@ def montage(tiles: Sequence[np.ndarray], n_columns: int) -> tuple[np.ndarray, tu
 def draw_sheet(series: dict, tiles: list[tuple], target: Path) -> None:
     """Draw tiles ``(image, label)`` in a grid under the series title and save as PNG.
 
-    The grid is placed pixel for pixel (no resampling of the thumbnails); matplotlib
-    draws the title and labels.
+    matplotlib draws the title and labels into a black canvas; the thumbnails are then
+    placed in it pixel for pixel (no resampling), and imageio writes the PNG.
     """
     _, n_cols = grid_shape(len(tiles))
     grid, (cell_h, cell_w) = montage([image for image, _ in tiles], n_cols)
     height, width = grid.shape[0] + TITLE_PX, max(grid.shape[1], 360)
-    fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor="black")
-    fig.figimage(grid, xo=(width - grid.shape[1]) // 2, yo=0, origin="upper")
-    fig.text(
-        0.5,
-        1 - 4 / height,
-        sheet_title(series),
-        color="white",
-        fontsize=10,
-        ha="center",
-        va="top",
-    )
     x0 = (width - grid.shape[1]) // 2
+    fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor="black")
+    text = {"color": "white", "ha": "center", "va": "top"}
+    fig.text(0.5, 1 - 4 / height, sheet_title(series), fontsize=10, **text)
     for i, (_, label) in enumerate(tiles):
         row, col = divmod(i, n_cols)
         x = x0 + col * cell_w + cell_w / 2
         y = height - TITLE_PX - row * cell_h - 3
-        fig.text(x / width, y / height, label, color="#dddddd", fontsize=7, ha="center", va="top")
+        fig.text(x / width, y / height, label, fontsize=7, **{**text, "color": "#dddddd"})
+    fig.canvas.draw()
+    canvas = np.array(fig.canvas.buffer_rgba())[:height, :width, :3]
+    plt.close(fig)
+    # labels sit in the grid's black label bands, so the brighter pixel is always right
+    region = canvas[TITLE_PX : TITLE_PX + grid.shape[0], x0 : x0 + grid.shape[1]]
+    np.maximum(region, grid, out=region)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp.png")
-    fig.savefig(tmp, dpi=DPI, facecolor="black", metadata={"Software": None})
-    plt.close(fig)
+    iio.imwrite(tmp, canvas, extension=".png", compress_level=3)
     os.replace(tmp, target)
 
 
