@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import pyarrow.parquet as pq
 
 from make_contact_sheets import SHEETS_SCHEMA
-from merge_metadata import read_parts
 from sharding import short_hash
+from table_schema import read_parts
 
 log = logging.getLogger("build_review_page")
 

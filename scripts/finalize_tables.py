@@ -12,12 +12,11 @@ import sys
 from collections.abc import Sequence
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 import table_schema
-from merge_metadata import read_parts
 from render_thumbnails import THUMBNAILS_SCHEMA
 from save_slices import MANIFEST_SCHEMA
+from table_schema import read_parts
 
 log = logging.getLogger("finalize_tables")
 
@@ -37,15 +36,8 @@ def slices_table(manifest_parts: Sequence[str], thumbnail_parts: Sequence[str]) 
 
 
 def errors_table(error_parts: Sequence[str]) -> pa.Table:
-    """All error rows, sorted by path, severity, reason and detail."""
-    errors = read_parts(error_parts, table_schema.ERRORS_SCHEMA)
-    if errors.num_rows == 0:
-        return errors
-    order = pc.sort_indices(
-        errors,
-        sort_keys=[(c, "ascending") for c in ("path", "severity", "reason", "detail", "stage")],
-    )
-    return errors.take(order)
+    """All error rows, in the fixed order of :func:`table_schema.sorted_errors`."""
+    return table_schema.sorted_errors(read_parts(error_parts, table_schema.ERRORS_SCHEMA))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

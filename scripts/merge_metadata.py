@@ -25,6 +25,7 @@ import dicom_io  # noqa: F401 - sets quiet pydicom reading options
 import geometry
 import table_schema
 from sharding import bucket_count, short_hash, stable_bucket, write_if_changed
+from table_schema import read_parts
 
 log = logging.getLogger("merge_metadata")
 
@@ -276,12 +277,6 @@ def build_series(rows: list[dict], series_per_batch: int) -> tuple[list[dict], l
     return records, instance_keys
 
 
-def read_parts(paths: Sequence[str], schema: pa.Schema) -> pa.Table:
-    """Concatenate shard tables with one schema (an empty table when there are none)."""
-    tables = [pq.read_table(p, schema=schema) for p in paths]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
-
-
 BATCH_INSTANCE_COLUMNS = [
     "path",
     "series_key",
@@ -416,27 +411,10 @@ def merge_tables(instance_parts, error_parts, extra_keywords=(), series_per_batc
     light = light.set_column(
         light.schema.get_field_index("series_key"), "series_key", pa.array(keys, pa.string())
     )
-    errors = read_parts(error_parts, table_schema.ERRORS_SCHEMA).sort_by(
-        [("path", "ascending"), ("severity", "ascending"), ("reason", "ascending")]
-    )
+    errors = table_schema.sorted_errors(read_parts(error_parts, table_schema.ERRORS_SCHEMA))
     series = table_schema.table_from_rows(records, SERIES_SCHEMA)
     key_by_path = dict(zip(light.column("path").to_pylist(), keys, strict=True))
     return light, headers, series, errors, key_by_path
-
-
-def merge(instance_parts, error_parts, extra_keywords=(), series_per_batch: int = 8):
-    """Return ``(instances, series, errors)`` tables in memory (small studies and tests)."""
-    schema = table_schema.instances_schema(extra_keywords)
-    light, _, series, errors, keys = merge_tables(
-        instance_parts, error_parts, extra_keywords, series_per_batch
-    )
-    full = read_parts(instance_parts, schema).sort_by("path")
-    full = full.set_column(
-        schema.get_field_index("series_key"),
-        "series_key",
-        pa.array([keys[p] for p in full.column("path").to_pylist()], pa.string()),
-    )
-    return full, series, errors
 
 
 def batch_tables(

@@ -219,6 +219,20 @@ ERRORS_SCHEMA = pa.schema(
 """``errors.parquet``: severity ``error``: not an instance; ``warning``: instance with a problem."""
 
 
+def read_parts(paths: Sequence[str], schema: pa.Schema) -> pa.Table:
+    """Concatenate per-shard or per-batch tables with one schema (empty when there are none)."""
+    tables = [pq.read_table(p, schema=schema) for p in paths]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def sorted_errors(errors: pa.Table) -> pa.Table:
+    """Error rows in their fixed order: path, severity, reason, detail, stage."""
+    if errors.num_rows == 0:
+        return errors
+    keys = ("path", "severity", "reason", "detail", "stage")
+    return errors.sort_by([(key, "ascending") for key in keys])
+
+
 def table_from_rows(rows: Sequence[dict], schema: pa.Schema) -> pa.Table:
     """Build a table with exactly ``schema``'s columns; missing keys become null."""
     columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
