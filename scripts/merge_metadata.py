@@ -153,19 +153,13 @@ def group_stacks(rows: list[dict]) -> list[Stack]:
 
 
 def _positions(rows: list[dict], members: list[int]) -> np.ndarray | None:
-    """Frame positions of a stack, (N, 3); multi-frame headers come from header_json."""
-    from pydicom.dataset import Dataset
-
+    """Frame positions of a stack, (N, 3), or None when any frame's position is unknown."""
     positions = []
     for i in members:
         row = rows[i]
         if (row.get("NumberOfFrames") or 1) > 1:
-            try:
-                ds = Dataset.from_json(row["header_json"])
-                frames = geometry.frame_positions(ds)
-            except Exception:  # noqa: BLE001 - unusable geometry means unknown positions
-                frames = None
-            if frames is None:
+            frames = row.get("frame_positions")
+            if frames is None or len(frames) != row["NumberOfFrames"]:
                 return None
             positions.extend(frames.tolist())
         else:
@@ -178,15 +172,8 @@ def _positions(rows: list[dict], members: list[int]) -> np.ndarray | None:
 
 def _orientation_of(rows: list[dict], members: list[int]) -> list[float] | None:
     iop = rows[members[0]].get("ImageOrientationPatient")
-    if iop is not None and len(iop) == 6:
-        return list(iop) if geometry.is_valid_orientation(iop) else None
-    if (rows[members[0]].get("NumberOfFrames") or 1) > 1:
-        from pydicom.dataset import Dataset
-
-        try:
-            return geometry.frame_orientation(Dataset.from_json(rows[members[0]]["header_json"]))
-        except Exception:  # noqa: BLE001
-            return None
+    if iop is not None and len(iop) == 6 and geometry.is_valid_orientation(iop):
+        return list(iop)
     return None
 
 
@@ -316,11 +303,29 @@ def multi_frame_headers(parts: Sequence[str], schema: pa.Schema) -> dict[str, st
 
 
 def grouping_rows(light: pa.Table, headers: dict[str, str]) -> list[dict]:
-    """Instance rows for grouping, as dicts, with header_json only where geometry needs it."""
+    """Instance rows for grouping, as dicts.
+
+    Multi-frame rows get their per-frame positions (``frame_positions``), and their
+    orientation and pixel spacing from the functional groups when the top level has
+    none (enhanced CT/MR); the instances table itself keeps the header as it is.
+    """
+    from pydicom.dataset import Dataset
+
     rows = light.to_pylist()
     for row in rows:
-        if row["path"] in headers:
-            row["header_json"] = headers[row["path"]]
+        header = headers.get(row["path"])
+        if header is None:
+            continue
+        row["header_json"] = header
+        try:
+            ds = Dataset.from_json(header)
+            row["frame_positions"] = geometry.frame_positions(ds)
+            if row.get("ImageOrientationPatient") is None:
+                row["ImageOrientationPatient"] = geometry.frame_orientation(ds)
+            if row.get("PixelSpacing") is None:
+                row["PixelSpacing"] = geometry.pixel_spacing(ds)
+        except Exception:  # noqa: BLE001 - unusable geometry means unknown positions
+            row["frame_positions"] = None
     return rows
 
 
