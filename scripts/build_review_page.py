@@ -25,6 +25,7 @@ log = logging.getLogger("build_review_page")
 CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;background:#111;color:#eee}
 h1{font-size:1.4rem}h2{font-size:1.15rem;border-bottom:1px solid #444;padding-bottom:.3rem}
+.study{display:inline-block;vertical-align:top;margin-right:1.5rem;max-width:100%}
 .series{display:inline-block;vertical-align:top;margin:0 1rem 1rem 0;padding:.6rem;
 background:#1c1c1c;border-radius:6px;max-width:44rem}
 .series img{max-width:100%;display:block;margin-bottom:.4rem}
