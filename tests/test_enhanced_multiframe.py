@@ -18,10 +18,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import demo
-import extract_metadata
-import merge_metadata
 import save_slices
-import scan_study
+from steps import index_study
 
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 INTERCEPT = -100.0
@@ -82,20 +80,13 @@ def run(tmp_path_factory):
     study.mkdir()
     frames = enhanced_mr(study / "enhanced_mr.dcm")
     out = root / "results"
-    assert scan_study.main(["--study", str(study), "--out-dir", str(out / "scan")]) == 0
-    args = ["--study", str(study), "--shard", str(out / "scan" / "shard_0000.jsonl")]
-    args += ["--instances", str(out / "i.parquet"), "--errors", str(out / "e.parquet")]
-    assert extract_metadata.main(args) == 0
-    args = ["--instance-parts", str(out / "i.parquet"), "--error-parts", str(out / "e.parquet")]
-    args += ["--instances", str(out / "instances.parquet"), "--series", str(out / "series.parquet")]
-    args += ["--errors", str(out / "errors.parquet"), "--batch-dir", str(out / "batches")]
-    assert merge_metadata.main(args) == 0
+    tables = index_study(study, out)
     args = ["--study", str(study), "--results", str(out), "--batch", "0", "--count", "5"]
-    args += ["--instances", str(out / "batches" / "batch_0.instances.parquet")]
-    args += ["--series", str(out / "batches" / "batch_0.series.parquet")]
+    args += ["--instances", str(tables["batches"] / "batch_0.instances.parquet")]
+    args += ["--series", str(tables["batches"] / "batch_0.series.parquet")]
     args += ["--manifest", str(out / "m.parquet"), "--errors", str(out / "se.parquet")]
     assert save_slices.main(args) == 0
-    (series,) = pq.read_table(out / "series.parquet").to_pylist()
+    (series,) = pq.read_table(tables["series"]).to_pylist()
     manifest = pq.read_table(out / "m.parquet").to_pylist()
     return {"out": out, "frames": frames, "series": series, "manifest": manifest}
 

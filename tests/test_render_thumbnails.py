@@ -249,9 +249,7 @@ class TestAgreementWithDcmtk:
 
 class TestVoiLutSequence:
     def test_a_header_with_only_a_voi_lut_renders_through_it(self, tmp_path):
-        import extract_metadata
-        import merge_metadata
-        import scan_study
+        from steps import index_study
 
         study = tmp_path / "study"
         study.mkdir()
@@ -267,14 +265,7 @@ class TestVoiLutSequence:
         ds.save_as(study / "IM_voi_lut.dcm")
 
         out = tmp_path / "results"
-        assert scan_study.main(["--study", str(study), "--out-dir", str(out / "scan")]) == 0
-        args = ["--study", str(study), "--shard", str(out / "scan" / "shard_0000.jsonl")]
-        args += ["--instances", str(out / "i.parquet"), "--errors", str(out / "e.parquet")]
-        assert extract_metadata.main(args) == 0
-        meta = {"instances": out / "instances.parquet", "series": out / "series.parquet"}
-        args = ["--instance-parts", str(out / "i.parquet"), "--error-parts", str(out / "e.parquet")]
-        args += ["--instances", str(meta["instances"]), "--series", str(meta["series"])]
-        assert merge_metadata.main(args + ["--errors", str(out / "errors.parquet")]) == 0
+        meta = index_study(study, out)
         manifest = out / "_work" / "batch_0.manifest.parquet"
         args = ["--study", str(study), "--results", str(out), "--instances", str(meta["instances"])]
         args += ["--series", str(meta["series"]), "--batch", "0", "--manifest", str(manifest)]
