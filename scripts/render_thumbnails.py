@@ -109,6 +109,8 @@ def render_batch(
     out = []
     for key in sorted(by_series):
         series_rows = by_series[key]
+        keep = {Path(r["png_path"]).name for r in series_rows}
+        table_schema.remove_stale(results / "thumbnails" / key, keep, ".png")
         values = [np.load(results / r["npy_path"]) for r in series_rows]
         grey = [v for v in values if v.ndim == 2]
         for row, arr in zip(series_rows, values, strict=True):

@@ -352,6 +352,8 @@ def save_batch(
     manifest, errors = [], []
     for record in sorted(series, key=lambda s: s["series_key"]):
         m, e = save_series(study, results, record, by_key.get(record["series_key"], []), selection)
+        keep = {Path(row["npy_path"]).name for row in m}
+        table_schema.remove_stale(results / "slices" / record["series_key"], keep, ".npy")
         manifest += m
         errors += e
     return (

@@ -258,6 +258,22 @@ def write_table(table: pa.Table, path: str, row_group_size: int | None = None) -
     os.replace(tmp, path)
 
 
+def remove_stale(folder: os.PathLike, keep: set[str], suffix: str) -> int:
+    """Delete files ending in ``suffix`` in ``folder`` whose names are not in ``keep``.
+
+    A series re-done with other settings (fewer slices, other planes) must not keep
+    arrays or images the new manifest does not list. Returns how many were removed.
+    """
+    removed = 0
+    if not os.path.isdir(folder):
+        return 0
+    for name in os.listdir(folder):
+        if name.endswith(suffix) and name not in keep:
+            os.unlink(os.path.join(folder, name))
+            removed += 1
+    return removed
+
+
 def table_bytes(table: pa.Table) -> bytes:
     """The Parquet bytes :func:`write_table` would write, for write-if-changed files."""
     sink = pa.BufferOutputStream()

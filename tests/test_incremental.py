@@ -69,3 +69,25 @@ class TestReruns:
         assert batches == 3  # the demo's series hash into 3 of the 4 batches
         assert ran["render_thumbnails"] == ran["make_contact_sheets"] == batches
         assert ran["build_review_page"] == 1
+
+    def test_fewer_slices_leave_no_stale_arrays_or_thumbnails(self, finished):
+        import pyarrow.parquet as pq
+
+        config = (ROOT / "config" / "config.yaml").read_text().replace("count: 9", "count: 3")
+        config = config.replace("series_per_batch: 32", "series_per_batch: 4")
+        (finished / "three.yaml").write_text(config)
+        args = ("--cores", "2", "--configfile", str(finished / "three.yaml"), "--config", *CONFIG)
+        ran = jobs_run(snakemake(finished, *args).stderr)
+        assert ran["extract_metadata"] == ran["merge_metadata"] == 0
+        results = finished / "results"
+        rows = pq.read_table(results / "metadata" / "slices.parquet").to_pylist()
+        listed = {r["npy_path"] for r in rows} | {r["png_path"] for r in rows}
+        on_disk = {
+            p.relative_to(results).as_posix()
+            for folder in ("slices", "thumbnails")
+            for p in (results / folder).rglob("*")
+            if p.is_file()
+        }
+        assert on_disk == listed
+        assert max(r["index"] for r in rows if r["n_in_plane"] == 35) < 35
+        assert sum(1 for r in rows if r["n_in_plane"] == 35) == 3
