@@ -9,7 +9,9 @@ SCRIPTS = Path(workflow.basedir) / "scripts"
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 sys.path.insert(0, str(SCRIPTS))
 
-import workflow_config  # noqa: E402 - lives in scripts/
+import privacy  # noqa: E402 - these three live in scripts/
+import scan_study  # noqa: E402
+import workflow_config  # noqa: E402
 
 _problem = workflow_config.schema_problem(config, SCHEMA)
 if _problem is None:
@@ -21,8 +23,6 @@ if _problem:
 STUDY = config["study"]
 RESULTS = config["results"]
 
-import privacy  # noqa: E402 - lives in scripts/
-
 if config["privacy"]["mode"] == "pseudonymize":
     # The key reaches jobs through their environment only: never a parameter, log or output.
     if config["privacy"]["key"]:
@@ -32,8 +32,6 @@ if config["privacy"]["mode"] == "pseudonymize":
             "dicom-study-pipeline: privacy mode 'pseudonymize' needs a key: set "
             f"{privacy.KEY_ENV} (or config key privacy.key)"
         )
-
-import scan_study  # noqa: E402 - lives in scripts/
 
 # The study is scanned while the DAG is built, not in a job: shard lists are rewritten
 # only when their files changed, so a rerun re-extracts only changed shards. Jobs
