@@ -9,9 +9,11 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import struct
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pydicom
 import pydicom.config
@@ -43,6 +45,24 @@ _MAGIC = (
     (b"BZh", "bzip2 archive"),
     (b"\xfd7zXZ", "xz archive"),
 )
+
+
+def display_path(path: str) -> str:
+    r"""A relative path as valid text for the tables.
+
+    Bytes that are not UTF-8 (kept by Python as surrogates) are written as ``\xNN``;
+    other names are unchanged.
+    """
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def study_file(study: Path, path: str) -> Path:
+    """The file a table's ``path`` names, undoing :func:`display_path` when needed."""
+    direct = study / path
+    if "\\x" not in path or direct.exists():
+        return direct
+    raw = re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(0xDC00 + int(m.group(1), 16)), path)
+    return study / raw
 
 
 class FileProblem(Exception):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import privacy
 import table_schema
-from dicom_io import FileProblem, HeaderRead, read_header
+from dicom_io import FileProblem, HeaderRead, display_path, read_header
 from dicom_json import header_json
 
 log = logging.getLogger("extract_metadata")
@@ -43,7 +43,11 @@ def instance_row(
     Malformed values become null with a ``malformed_value`` warning instead of failing.
     """
     warnings = list(header.warnings)
-    row: dict = {"path": path, "file_size": file_size, "has_pixels": header.has_pixels}
+    row: dict = {
+        "path": display_path(path),
+        "file_size": file_size,
+        "has_pixels": header.has_pixels,
+    }
     for keyword in keywords:
         try:
             row[keyword] = table_schema.convert_value(_element_value(header, keyword), keyword)
@@ -101,7 +105,7 @@ def extract_file(
 
 def _error(path: str, reason: str, detail: str, severity: str) -> dict:
     return {
-        "path": path,
+        "path": display_path(path),
         "reason": reason,
         "detail": detail[:500],
         "severity": severity,

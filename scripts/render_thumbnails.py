@@ -93,9 +93,10 @@ def voi_lut_header(study: Path | None, row: dict):
         return None
     import pydicom
 
-    import dicom_io  # noqa: F401 - quiet pydicom reading options
+    import dicom_io
 
-    return pydicom.dcmread(study / row["voi_lut_source"], stop_before_pixels=True, force=True)
+    source = dicom_io.study_file(study, row["voi_lut_source"])
+    return pydicom.dcmread(source, stop_before_pixels=True, force=True)
 
 
 def render_batch(

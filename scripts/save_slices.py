@@ -191,7 +191,7 @@ class FrameDecoder:
         try:
             if frame.path != self._path:
                 self._path, self._ds = frame.path, None
-                self._ds = dicom_io.read_for_pixels(self.study / frame.path)
+                self._ds = dicom_io.read_for_pixels(dicom_io.study_file(self.study, frame.path))
             values, units, photometric = slice_values(
                 decode_frame(self._ds, frame), self._ds, frame.frame
             )

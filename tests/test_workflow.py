@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import imageio.v3 as iio
@@ -165,3 +166,24 @@ class TestSnakemakeReport:
         assert "Contact sheets" in text and "Review" in text
         for sheet in (results / "contact_sheets").glob("*.png"):
             assert sheet.name in text, sheet.name
+
+
+@pytest.mark.slow
+class TestAwkwardFileNames:
+    def test_names_that_are_not_utf8_or_hold_newlines_are_indexed_and_decoded(self, tmp_path):
+        import shutil
+
+        study = tmp_path / "study"
+        study.mkdir()
+        latin1 = os.fsdecode(b"caf\xe9_latin1.dcm")
+        shutil.copy(demo.CT_SMALL, study / latin1)
+        shutil.copy(demo.MR_RLE, study / "naïve ünïcode.dcm")
+        (study / "new\nline.txt").write_text("not an image")
+        snakemake(tmp_path, "--cores", "2", "--config", "study=study", "results=results")
+        results = tmp_path / "results" / "metadata"
+        paths = {r["path"] for r in pq.read_table(results / "instances.parquet").to_pylist()}
+        assert paths == {"caf\\xe9_latin1.dcm", "naïve ünïcode.dcm"}
+        errors = pq.read_table(results / "errors.parquet").to_pylist()
+        assert [(e["path"], e["reason"]) for e in errors] == [("new\nline.txt", "not_dicom")]
+        slices = pq.read_table(results / "slices.parquet").to_pylist()
+        assert {s["source_path"] for s in slices} == paths
