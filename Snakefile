@@ -1,11 +1,13 @@
 # dicom-study-pipeline: a folder of DICOM files -> metadata tables, slices, thumbnails,
 # contact sheets and a review page. See README.md.
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "workflow/rules/common.smk"
