@@ -1,13 +1,11 @@
 # dicom-study-pipeline: a folder of DICOM files -> metadata tables, slices, thumbnails,
 # contact sheets and a review page. See README.md.
-import os
-
+# The defaults in config/config.yaml are read in workflow/rules/common.smk, beneath any
+# --configfile or --config the user gives (a `configfile:` directive would log a line on
+# every --config and would only be found from the repository folder).
 from snakemake.utils import min_version
 
 min_version("9.0")
-
-
-configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 include: "workflow/rules/common.smk"

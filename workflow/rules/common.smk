@@ -3,7 +3,8 @@ import os
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
+import yaml
+from snakemake.utils import update_config, validate
 
 SCRIPTS = Path(workflow.basedir) / "scripts"
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -12,6 +13,13 @@ sys.path.insert(0, str(SCRIPTS))
 import privacy  # noqa: E402 - these three live in scripts/
 import scan_study  # noqa: E402
 import workflow_config  # noqa: E402
+
+DEFAULTS = Path(workflow.basedir) / "config" / "config.yaml"
+with open(DEFAULTS, encoding="utf-8") as _fh:
+    _config = yaml.safe_load(_fh) or {}
+update_config(_config, dict(config))  # what the user gave wins, key by key
+config.clear()
+config.update(_config)
 
 _problem = workflow_config.schema_problem(config, SCHEMA)
 if _problem is None:
