@@ -184,14 +184,23 @@ class FrameDecoder:
         self._path: str | None = None
         self._ds: Dataset | None = None
 
-    def decode(self, frame: Frame) -> tuple[np.ndarray, str, str, Dataset]:
-        """Values, units, photometric and header of one frame; raises when undecodable."""
+    def decode(
+        self, frame: Frame, decoded: np.ndarray | None = None
+    ) -> tuple[np.ndarray, str, str, Dataset]:
+        """Values, units, photometric and header of one frame; raises when undecodable.
+
+        ``decoded`` passes modality values already decoded (a resliced volume's frame),
+        so only the header is needed.
+        """
         if frame.path in self.failed:
             raise self.failed[frame.path]
         try:
             if frame.path != self._path:
                 self._path, self._ds = frame.path, None
                 self._ds = dicom_io.read_for_pixels(dicom_io.study_file(self.study, frame.path))
+            if decoded is not None:
+                photometric = str(self._ds.get("PhotometricInterpretation", "")).strip()
+                return decoded, rendering.value_units(self._ds, frame.frame), photometric, self._ds
             values, units, photometric = slice_values(
                 decode_frame(self._ds, frame), self._ds, frame.frame
             )
@@ -269,7 +278,8 @@ def save_series(
         for index in select_indices(len(frames), selection.count, selection.fractions):
             frame = frames[index]
             try:
-                values, units, photometric, ds = decoder.decode(frame)
+                decoded = None if volume is None else volume[index]
+                values, units, photometric, ds = decoder.decode(frame, decoded)
             except Exception as exc:  # noqa: BLE001
                 if not any(e["path"] == frame.path for e in errors):
                     errors.append(_undecodable(frame.path, exc))
