@@ -24,15 +24,24 @@ SHARD_ROW_GROUP = 128
 """Rows per Parquet row group in a shard's instances table."""
 
 
+META_FALLBACK = {
+    "SOPClassUID": "MediaStorageSOPClassUID",
+    "SOPInstanceUID": "MediaStorageSOPInstanceUID",
+}
+"""Dataset keywords that take the file meta's value when the dataset's is empty or missing
+(de-identified files, DICOMDIRs); the empty_uid warning still reports the dataset's."""
+
+
 def _element_value(header: HeaderRead, keyword: str):
     """Raw pydicom value of a keyword, looking in file meta for group 0002 keywords."""
     ds = header.dataset
+    meta = getattr(ds, "file_meta", None)
     if keyword == "TransferSyntaxUID":
-        meta = getattr(ds, "file_meta", None)
         return meta.get("TransferSyntaxUID") if meta is not None else None
-    if keyword not in ds:
-        return None
-    return ds[keyword].value
+    value = ds[keyword].value if keyword in ds else None
+    if value in (None, "") and keyword in META_FALLBACK and meta is not None:
+        value = meta.get(META_FALLBACK[keyword]) or value
+    return value
 
 
 def instance_row(
@@ -59,7 +68,8 @@ def instance_row(
     text, problems = header_json(header.dataset)
     row["header_json"] = text
     warnings += [("malformed_value", f"left out of header_json: {p}") for p in problems]
-    missing = [u for u in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not row[u]]
+    uids = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+    missing = [u for u in uids if not str(header.dataset.get(u, "") or "").strip()]
     if missing:
         warnings.append(("empty_uid", f"empty or missing: {', '.join(missing)}"))
     return row, warnings
