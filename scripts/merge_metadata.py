@@ -148,8 +148,46 @@ def group_stacks(rows: list[dict]) -> list[Stack]:
         for i, cluster in zip(members, clusters, strict=True):
             by_sig.setdefault(_stack_signature(rows[i], cluster), []).append(i)
         for sig in sorted(by_sig, key=lambda s: tuple(str(x) for x in s)):
-            stacks.append(Stack(identity, grouped_by[identity], by_sig[sig]))
+            for part in split_repeated_positions(rows, by_sig[sig]):
+                stacks.append(Stack(identity, grouped_by[identity], part))
     return stacks
+
+
+def split_repeated_positions(rows: list[dict], members: list[int]) -> list[list[int]]:
+    """Split a stack whose every position holds the same number k > 1 of slices into k
+    stacks (time points, b-values, phases), by AcquisitionNumber, InstanceNumber, path.
+
+    A stack with some positions repeated and others not is left whole: its
+    ``duplicate_positions`` count shows the fault.
+    """
+    single = [i for i in members if (rows[i].get("NumberOfFrames") or 1) == 1]
+    iop = rows[members[0]].get("ImageOrientationPatient")
+    if len(single) != len(members) or len(members) < 4 or not _valid_orientation(iop):
+        return [members]
+    positions = _positions(rows, members)
+    if positions is None:
+        return [members]
+    heights = np.round(geometry.project_positions(positions, iop), 2)
+    at: dict[float, list[int]] = {}
+    for i, z in zip(members, heights, strict=True):
+        at.setdefault(float(z), []).append(i)
+    counts = {len(v) for v in at.values()}
+    if len(counts) != 1 or (k := counts.pop()) < 2 or len(at) < 2:
+        return [members]
+
+    def order(i: int) -> tuple:
+        row = rows[i]
+        return (row.get("AcquisitionNumber") or 0, row.get("InstanceNumber") or 0, row["path"])
+
+    parts: list[list[int]] = [[] for _ in range(k)]
+    for z in sorted(at):
+        for j, i in enumerate(sorted(at[z], key=order)):
+            parts[j].append(i)
+    return [sorted(part) for part in parts]
+
+
+def _valid_orientation(iop) -> bool:
+    return iop is not None and len(iop) == 6 and geometry.is_valid_orientation(iop)
 
 
 def _positions(rows: list[dict], members: list[int]) -> np.ndarray | None:
@@ -172,9 +210,7 @@ def _positions(rows: list[dict], members: list[int]) -> np.ndarray | None:
 
 def _orientation_of(rows: list[dict], members: list[int]) -> list[float] | None:
     iop = rows[members[0]].get("ImageOrientationPatient")
-    if iop is not None and len(iop) == 6 and geometry.is_valid_orientation(iop):
-        return list(iop)
-    return None
+    return list(iop) if _valid_orientation(iop) else None
 
 
 def stack_record(rows: list[dict], stack: Stack, single_orientation: bool | None) -> dict:

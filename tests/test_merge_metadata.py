@@ -316,3 +316,30 @@ class TestSeriesIdentity:
     )
     def test_identity_is_the_uid_or_the_folder_fallback(self, row, expected):
         assert merge_metadata.series_identity(row) == expected
+
+
+class TestRepeatedPositions:
+    def test_time_points_sharing_positions_split_into_one_volume_each(self, tmp_path):
+        import pydicom
+
+        from steps import index_study
+
+        study = tmp_path / "study"
+        (study / "fmri").mkdir(parents=True)
+        for time_point in (1, 2):
+            for k, source in enumerate(sorted(demo.MR_SERIES.iterdir())):
+                ds = pydicom.dcmread(source)
+                ds.AcquisitionNumber = time_point
+                ds.InstanceNumber = (time_point - 1) * 35 + k + 1
+                ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{time_point}"
+                ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+                ds.save_as(study / "fmri" / f"t{time_point}_{k:03d}.dcm")
+        tables = index_study(study, tmp_path / "out")
+        series = pq.read_table(tables["series"]).to_pylist()
+        assert len(series) == 2
+        assert [s["n_instances"] for s in series] == [35, 35]
+        assert all(s["is_volume"] and s["duplicate_positions"] == 0 for s in series)
+        assert {s["series_key"][-2:] for s in series} == {"-1", "-2"}
+        instances = pq.read_table(tables["instances"]).to_pylist()
+        first = {r["series_key"] for r in instances if r["path"].startswith("fmri/t1_")}
+        assert len(first) == 1  # each time point is one stack
