@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import series_cache
 import table_schema
 
 matplotlib.use("Agg")
@@ -200,14 +201,21 @@ def make_sheets(
             rows_by_key.setdefault(row["series_key"], []).append(row)
     facts = {s["series_key"]: s for s in series}
     out = []
+    cache_dir = results / "_work" / "cache" / "make_contact_sheets"
     for key in sorted(rows_by_key):
         chosen = choose_tiles(rows_by_key[key], max_tiles)
-        tiles = [(iio.imread(results / r["png_path"]), tile_label(r)) for r in chosen]
         sheet = f"contact_sheets/{key}.png"
-        draw_sheet(facts[key], tiles, results / sheet)
+        pngs = series_cache.stamps(results / r["png_path"] for r in chosen)
+        record = {k: v for k, v in facts[key].items() if k != "batch"}
+        expected = series_cache.fingerprint(chosen, pngs, record)
+        hit = series_cache.load(cache_dir, key, expected)
+        if hit is None or not series_cache.stamps([results / sheet]):
+            tiles = [(iio.imread(results / r["png_path"]), tile_label(r)) for r in chosen]
+            draw_sheet(facts[key], tiles, results / sheet)
+            series_cache.store(cache_dir, key, expected, {"n_tiles": len(tiles)})
         if report_dir is not None:
             link_into(results / sheet, report_dir)
-        out.append({"series_key": key, "sheet_path": sheet, "n_tiles": len(tiles)})
+        out.append({"series_key": key, "sheet_path": sheet, "n_tiles": len(chosen)})
     return table_schema.table_from_rows(out, SHEETS_SCHEMA)
 
 

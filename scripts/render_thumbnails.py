@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import rendering
+import series_cache
 import table_schema
 
 log = logging.getLogger("render_thumbnails")
@@ -108,10 +109,20 @@ def render_batch(
     for row in rows:
         by_series.setdefault(row["series_key"], []).append(row)
     out = []
+    cache_dir = results / "_work" / "cache" / "render_thumbnails"
     for key in sorted(by_series):
         series_rows = by_series[key]
         keep = {Path(r["png_path"]).name for r in series_rows}
         table_schema.remove_stale(results / "thumbnails" / key, keep, ".png")
+        arrays = series_cache.stamps(results / r["npy_path"] for r in series_rows)
+        voi = [r["voi_lut_source"] for r in series_rows if r.get("voi_lut_source")]
+        voi_files = series_cache.stamps((study or Path()) / p for p in voi) if voi else []
+        expected = series_cache.fingerprint(series_rows, arrays, voi_files, size, ct_window)
+        hit = series_cache.load(cache_dir, key, expected)
+        if hit is not None and series_cache.stamps(results / r["png_path"] for r in hit["rows"]):
+            out += hit["rows"]
+            continue
+        first = len(out)
         values = [np.load(results / r["npy_path"]) for r in series_rows]
         grey = [v for v in values if v.ndim == 2]
         for row, arr in zip(series_rows, values, strict=True):
@@ -135,6 +146,7 @@ def render_batch(
                     "png_width": int(image.shape[1]),
                 }
             )
+        series_cache.store(cache_dir, key, expected, {"rows": out[first:]})
     return table_schema.table_from_rows(out, THUMBNAILS_SCHEMA)
 
 

@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 import dicom_io
 import geometry
 import rendering
+import series_cache
 import table_schema
 from merge_metadata import BATCH_INSTANCE_COLUMNS
 
@@ -360,12 +361,25 @@ def save_batch(
     for row in rows:
         by_key.setdefault(row["series_key"], []).append(row)
     manifest, errors = [], []
+    cache_dir = results / "_work" / "cache" / "save_slices"
+    reused = 0
     for record in sorted(series, key=lambda s: s["series_key"]):
-        m, e = save_series(study, results, record, by_key.get(record["series_key"], []), selection)
+        key, inputs = record["series_key"], by_key.get(record["series_key"], [])
+        sources = series_cache.stamps(dicom_io.study_file(study, r["path"]) for r in inputs)
+        facts = {k: v for k, v in record.items() if k != "batch"}  # the batch may renumber
+        expected = series_cache.fingerprint(facts, inputs, sources, selection)
+        hit = series_cache.load(cache_dir, key, expected)
+        if hit is not None and series_cache.stamps(results / r["npy_path"] for r in hit["m"]):
+            m, e = hit["m"], hit["e"]
+            reused += 1
+        else:
+            m, e = save_series(study, results, record, inputs, selection)
+            series_cache.store(cache_dir, key, expected, {"m": m, "e": e})
         keep = {Path(row["npy_path"]).name for row in m}
-        table_schema.remove_stale(results / "slices" / record["series_key"], keep, ".npy")
+        table_schema.remove_stale(results / "slices" / key, keep, ".npy")
         manifest += m
         errors += e
+    log.info("batch %d: %d series, %d unchanged since the last run", batch, len(series), reused)
     return (
         table_schema.table_from_rows(manifest, MANIFEST_SCHEMA),
         table_schema.table_from_rows(errors, table_schema.ERRORS_SCHEMA),

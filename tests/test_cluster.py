@@ -28,7 +28,8 @@ SLURM_PROFILE = ROOT / "workflow" / "profiles" / "slurm"
 LOCAL_PROFILE = ROOT / "workflow" / "profiles" / "default"
 # start_slurm.sh exit codes that mean "no cluster can be had here", not "SLURM is broken"
 CANNOT_INSTALL, SLOT_TAKEN = 3, 4
-# per-run records, not results: logs hold times and host names, benchmarks hold timings
+# per-run records, not results: logs hold times and host names, benchmarks hold timings,
+# and _work/cache/ the file times the per-series caches are keyed by
 NOT_RESULTS = ("logs", "benchmarks")
 CLUSTER_CPUS = 2
 
@@ -63,7 +64,7 @@ def _results(folder: Path) -> dict[str, str]:
     return {
         path: digest
         for path, digest in tree_digest(folder).items()
-        if path.split("/", 1)[0] not in NOT_RESULTS
+        if path.split("/", 1)[0] not in NOT_RESULTS and not path.startswith("_work/cache/")
     }
 
 

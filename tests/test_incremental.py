@@ -57,6 +57,17 @@ class TestReruns:
         assert ran["finalize_tables"] == ran["build_review_page"] == 1
         series = (finished / "results" / "contact_sheets").glob("*.png")
         assert len(list(series)) == 11
+        # inside the redone batch only the new series is decoded; the others are reused
+        logs = (finished / "results" / "logs" / "save_slices").glob("*.log")
+        reruns = [
+            line for log in logs for line in log.read_text().splitlines() if "unchanged" in line
+        ]
+        counts = [
+            tuple(int(w) for w in re.findall(r"(\d+) series, (\d+) unchanged", line)[0])
+            for line in reruns
+        ]
+        redone = [(n, kept) for n, kept in counts if kept]  # first-run logs show 0 kept
+        assert redone and all(kept == n - 1 for n, kept in redone)
 
     def test_thumbnail_settings_rerender_without_reading_headers_or_pixels(self, finished):
         config = (ROOT / "config" / "config.yaml").read_text().replace("size: 256", "size: 128")

@@ -44,8 +44,9 @@ def shared_outputs(results) -> dict[str, bytes]:
     return {
         p.relative_to(results).as_posix(): p.read_bytes()
         for p in results.rglob("*")
-        # tables, pixel arrays and the scan's lists of study paths (the user's own names)
-        if p.is_file() and p.suffix not in (".parquet", ".npy", ".jsonl")
+        # tables, pixel arrays, and the scan's lists and the caches' records of study paths
+        # (the user's own folder names)
+        if p.is_file() and p.suffix not in (".parquet", ".npy", ".jsonl", ".json")
     }
 
 
