@@ -547,33 +547,33 @@ def per_second(n_files: int, wall_s: float) -> float:
     return n_files / wall_s if wall_s > 0 else float("nan")
 
 
-def bench_workflow(study: Path, n_files: int, run: Path, cores: int, interval: float) -> Row:
-    """Run the whole workflow on ``study`` in the fresh folder ``run``; one ``workflow`` row."""
+def run_workflow(
+    study: Path, n_files: int, run: Path, cores: int, interval: float, stage: str, *targets: str
+) -> Row:
+    """Run the workflow (or its ``targets``) on ``study`` in the fresh folder ``run``; one row."""
     fresh_folder(run)
-    log.info("workflow on %d files in %s", n_files, run)
+    log.info("%s on %d files in %s", stage, n_files, run)
     log_path = run / "snakemake.log"
-    m = run_measured(snakemake_cmd(study, cores), run, log_path, tool_env(), interval)
-    check(m, "snakemake", log_path)
+    m = run_measured(snakemake_cmd(study, cores, *targets), run, log_path, tool_env(), interval)
+    check(m, f"snakemake ({stage})", log_path)
     jobs, job_s = job_benchmarks(run / "results")
     over_s, over_pct = overhead(m.wall_s, job_s, cores)
     idle = idle_seconds(run / "results", m.started_at, m.wall_s)
-    log.info("workflow: %.1f s, %d jobs summing %.1f s", m.wall_s, jobs, job_s)
+    log.info("%s: %.1f s, %d jobs summing %.1f s", stage, m.wall_s, jobs, job_s)
     log.info(
-        "workflow: no job running for %.1f s; largest process %.0f MiB, tree %.0f MiB",
+        "%s: no job running for %.1f s; largest process %.0f MiB, tree %.0f MiB",
+        stage,
         idle,
         m.max_process_rss_mib,
         m.tree_rss_mib,
     )
-    return Row(
-        n_files,
-        "workflow",
-        m.wall_s,
-        per_second(n_files, m.wall_s),
-        m.peak_rss_mib,
-        jobs,
-        over_s,
-        over_pct,
-    )
+    rate = per_second(n_files, m.wall_s)
+    return Row(n_files, stage, m.wall_s, rate, m.peak_rss_mib, jobs, over_s, over_pct)
+
+
+def bench_workflow(study: Path, n_files: int, run: Path, cores: int, interval: float) -> Row:
+    """The whole workflow on ``study`` in the fresh folder ``run``; one ``workflow`` row."""
+    return run_workflow(study, n_files, run, cores, interval, "workflow")
 
 
 def bench_naive(study: Path, n_files: int, run: Path, interval: float) -> Row:
@@ -635,32 +635,7 @@ def bench_metadata_only(
     study: Path, n_files: int, run: Path, cores: int, interval: float
 ) -> list[Row]:
     """Run scan + extract + merge only, then time a dry run of the rest; two rows."""
-    fresh_folder(run)
-    log.info("metadata-only on %d files in %s", n_files, run)
-    log_path = run / "snakemake.log"
-    cmd = snakemake_cmd(study, cores, METADATA_TARGET)
-    m = run_measured(cmd, run, log_path, tool_env(), interval)
-    check(m, "snakemake (metadata only)", log_path)
-    jobs, job_s = job_benchmarks(run / "results")
-    idle = idle_seconds(run / "results", m.started_at, m.wall_s)
-    log.info(
-        "metadata-only: %.1f s, %d jobs summing %.1f s, no job running for %.1f s",
-        m.wall_s,
-        jobs,
-        job_s,
-        idle,
-    )
-    over_s, over_pct = overhead(m.wall_s, job_s, cores)
-    row = Row(
-        n_files,
-        "metadata-only",
-        m.wall_s,
-        per_second(n_files, m.wall_s),
-        m.peak_rss_mib,
-        jobs,
-        over_s,
-        over_pct,
-    )
+    row = run_workflow(study, n_files, run, cores, interval, "metadata-only", METADATA_TARGET)
     resolved = bench_dry_run(study, n_files, run, cores, interval, "dry-run-resolved", False)
     return [row, resolved]
 
