@@ -83,7 +83,7 @@ def stack_frames(instances: list[dict], orientation) -> list[Frame]:
                     per_frame = geometry.frame_positions(Dataset.from_json(row["header_json"]))
                 except Exception:  # noqa: BLE001 - unusable geometry: fall back to order
                     per_frame = None
-            elif row.get("ImagePositionPatient") is not None:
+            elif len(row.get("ImagePositionPatient") or ()) == 3:
                 per_frame = np.asarray([row["ImagePositionPatient"]], dtype=float)
             if per_frame is None or len(per_frame) != n_frames:
                 positions = None
@@ -235,10 +235,11 @@ def voi_facts(ds: Dataset, path: str | None) -> dict:
     }
 
 
-def planes_to_save(series: dict, selection: Selection) -> tuple[str, list[str]]:
-    """Name of the acquired plane and the reformatted planes to make for this series.
+def planes_to_save(series: dict, selection: Selection) -> tuple[str, bool, list[str]]:
+    """Name of the acquired plane, whether to save it, and the reformatted planes to make.
 
-    Reformats need a volume (``is_volume``) that is axis-aligned and monochrome.
+    Reformats need a volume (``is_volume``) that is axis-aligned and monochrome; the
+    acquired plane is saved when asked for or when no reformat can be made.
     """
     acquired = series.get("orientation") or "acquired"
     wanted = [acquired if p == "acquired" else p for p in selection.planes]
@@ -248,7 +249,8 @@ def planes_to_save(series: dict, selection: Selection) -> tuple[str, list[str]]:
         and acquired in ANATOMICAL_PLANES
         and str(series.get("PhotometricInterpretation") or "").startswith("MONOCHROME")
     )
-    return acquired, (reformats if can_reslice else [])
+    reformats = reformats if can_reslice else []
+    return acquired, acquired in wanted or not reformats, reformats
 
 
 def save_series(
@@ -261,13 +263,10 @@ def save_series(
     """
     orientation = series.get("ImageOrientationPatient")
     frames = stack_frames(instances, orientation)
-    acquired, reformats = planes_to_save(series, selection)
+    acquired, acquired_wanted, reformats = planes_to_save(series, selection)
     key = series["series_key"]
     decoder = FrameDecoder(study)
     manifest, errors = [], []
-    acquired_wanted = (
-        acquired in [acquired if p == "acquired" else p for p in selection.planes] or not reformats
-    )
     volume = None
     if reformats:
         try:
@@ -308,8 +307,9 @@ def save_series(
                 )
             )
     if reformats and volume is not None:
-        values, units, photometric, ds = decoder.decode(frames[len(frames) // 2])
-        window = rendering.header_window(ds, frames[len(frames) // 2].frame)
+        middle = len(frames) // 2  # units and window of the reslices come from here
+        _, units, photometric, ds = decoder.decode(frames[middle], volume[middle])
+        window = rendering.header_window(ds, frames[middle].frame)
         for plane in reformats:
             slices, spacing, positions = geometry.reformat_volume(
                 volume,

@@ -1,6 +1,6 @@
 """Check a workflow config before any job runs, so a mistake costs one clear line.
 
-The Snakefile calls :func:`config_problem`; each problem names the key, the value
+workflow/rules/common.smk calls these checks; each problem names the key, the value
 and what was expected.
 """
 
@@ -50,11 +50,3 @@ def writable_problem(results: Path) -> str | None:
         reason = exc.strerror or type(exc).__name__
         return f"results folder {results} is not writable: {reason}"
     return None
-
-
-def config_problem(config: dict, schema_path: str | os.PathLike) -> str | None:
-    """The first thing wrong with the config or its paths, or None."""
-    problem = schema_problem(config, schema_path)
-    if problem is None:
-        problem = paths_problem(config.get("study", ""), config.get("results", "results"))
-    return problem
