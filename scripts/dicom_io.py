@@ -181,9 +181,12 @@ def _expected_pixel_bytes(ds: Dataset) -> int | None:
     return rows * columns * frames * samples * (bits // 8)
 
 
-def _is_little_endian(ds: Dataset) -> bool:
+def _encoding(ds: Dataset) -> tuple[bool, bool]:
+    """``(implicit VR, little endian)`` the dataset was read with (little endian if unknown)."""
     implicit, little = getattr(ds, "original_encoding", (None, None))
-    return True if little is None else bool(little)
+    if implicit is None:
+        implicit, little = ds.is_implicit_VR, ds.is_little_endian
+    return bool(implicit), little in (True, None)
 
 
 def _check_fragments(fp, size: int, little: bool) -> str | None:
@@ -216,24 +219,20 @@ def _pixel_element_header(fp, ds: Dataset) -> tuple[int, int | None] | None:
     fp.seek(start)
     if len(head) < 8:
         return None
-    implicit, little = getattr(ds, "original_encoding", (None, None))
-    if implicit is None:
-        implicit, little = ds.is_implicit_VR, ds.is_little_endian
-    endian = "<" if little in (True, None) else ">"
+    implicit, little = _encoding(ds)
+    endian = "<" if little else ">"
     group, element = struct.unpack(endian + "HH", head[:4])
     tag = group << 16 | element
     if tag not in PIXEL_TAGS:
         return None
-    if head[4:6] in _LONG_LENGTH_VRS:
-        implicit = False  # the bytes say explicit VR, whatever the meta claims
-    if implicit:
-        (length,) = struct.unpack(endian + "L", head[4:8])
-        header_size = 8
-    elif head[4:6] in _LONG_LENGTH_VRS:
+    if head[4:6] in _LONG_LENGTH_VRS:  # explicit VR, whatever the meta claims
         if len(head) < 12:
             return None
         (length,) = struct.unpack(endian + "L", head[8:12])
         header_size = 12
+    elif implicit:
+        (length,) = struct.unpack(endian + "L", head[4:8])
+        header_size = 8
     else:
         (length,) = struct.unpack(endian + "H", head[6:8])
         header_size = 8
@@ -351,7 +350,7 @@ def _with_pixel_facts(ds: Dataset, fp, size: int) -> HeaderRead:
     available = size - fp.tell()
     if length is None:
         has_pixels = available > 0
-        problem = _check_fragments(fp, size, little=_is_little_endian(ds))
+        problem = _check_fragments(fp, size, little=_encoding(ds)[1])
         if problem:
             warnings.append(("truncated", problem))
         return HeaderRead(ds, has_pixels=has_pixels, warnings=warnings)
@@ -384,11 +383,11 @@ def read_for_pixels(path: str | os.PathLike) -> Dataset:
         from pydicom.dataset import FileMetaDataset
         from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-        implicit, little = ds.original_encoding
+        implicit, little = _encoding(ds)
         syntax = (
             ImplicitVRLittleEndian
             if implicit
-            else (ExplicitVRLittleEndian if little in (True, None) else ExplicitVRBigEndian)
+            else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
         )
         if meta is None:
             ds.file_meta = meta = FileMetaDataset()
