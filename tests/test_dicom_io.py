@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 import shutil
 import struct
@@ -13,6 +12,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 import demo
+import dicom_io
 from dicom_io import FileProblem, describe_magic, looks_like_raw_dataset, read_header
 
 CT_J2K = sorted(demo.CT_SERIES.iterdir())[0]
@@ -174,6 +174,19 @@ class TestReadHeader:
 
         assert info.value.reason == "empty_file"
 
+    def test_raises_unreadable_file_when_the_file_cannot_be_opened(self, monkeypatch):
+        # tests run as root, for whom chmod 000 changes nothing: refuse the open instead
+        def refuse(path, *args, **kwargs):
+            raise PermissionError(13, "Permission denied", str(path))
+
+        monkeypatch.setattr(dicom_io, "open", refuse, raising=False)
+
+        with pytest.raises(FileProblem) as info:
+            read_header(demo.CT_SMALL)
+
+        assert info.value.reason == "unreadable_file"
+        assert info.value.detail == "PermissionError: Permission denied"
+
     @pytest.mark.parametrize(
         ("src", "implicit_vr", "little_endian"),
         [
@@ -240,81 +253,129 @@ class TestReadHeader:
         assert "text" in info.value.detail
 
     @pytest.mark.parametrize(
-        ("src", "where"),
+        ("src", "where", "expected"),
         [
-            pytest.param(demo.CT_SMALL, lambda p: 64, id="ct-inside-preamble"),
-            pytest.param(demo.CT_SMALL, lambda p: 130, id="ct-inside-dicm-marker"),
-            pytest.param(demo.CT_SMALL, lambda p: 136, id="ct-inside-meta-group-length"),
+            # CT_small's preamble starts like a TIFF file: without the DICM marker it is not
+            # recognisable as DICOM at all
+            pytest.param(demo.CT_SMALL, lambda p: 64, "problem:not_dicom", id="ct-inside-preamble"),
+            pytest.param(
+                demo.CT_SMALL, lambda p: 130, "problem:not_dicom", id="ct-inside-dicm-marker"
+            ),
+            pytest.param(
+                demo.CT_SMALL, lambda p: 136, "problem:truncated", id="ct-inside-meta-group-length"
+            ),
             pytest.param(
                 demo.CT_SMALL,
                 lambda p: offset_inside(p, b"\x02\x00\x10\x00UI", 12),
+                "problem:truncated",
                 id="ct-inside-transfer-syntax-value",
             ),
             pytest.param(
                 demo.CT_SMALL,
                 lambda p: offset_inside(p, b"\x08\x00\x20\x00DA", 12),
+                "problem:truncated",
                 id="ct-inside-study-date-value",
             ),
             pytest.param(
                 demo.CT_SMALL,
                 lambda p: offset_inside(p, b"\x28\x00\x30\x00DS", 5),
+                "problem:truncated",
                 id="ct-inside-pixel-spacing-header",
             ),
             pytest.param(
-                demo.CT_SMALL, lambda p: offset_inside(p, PIXEL_TAG_LE, 6), id="ct-inside-pixel-tag"
+                demo.CT_SMALL,
+                lambda p: offset_inside(p, PIXEL_TAG_LE, 6),
+                "problem:truncated",
+                id="ct-inside-pixel-tag",
             ),
             pytest.param(
                 demo.CT_SMALL,
                 lambda p: offset_inside(p, PIXEL_TAG_LE, 12 + 1000),
+                "warning:truncated",
                 id="ct-inside-pixel-values",
             ),
             pytest.param(
                 MR_NATIVE,
                 lambda p: offset_inside(p, b"\x20\x00\x32\x00DS", 20),
+                "problem:truncated",
                 id="mr-inside-image-position-value",
             ),
             pytest.param(
                 MR_NATIVE,
                 lambda p: offset_inside(p, PIXEL_TAG_LE, 12 + 65536),
+                "warning:truncated",
                 id="mr-inside-pixel-values",
             ),
             pytest.param(
                 demo.SR,
                 lambda p: offset_inside(p, b"\x40\x00\x30\xa7SQ", 40),
+                "problem:truncated",
                 id="sr-inside-content-sequence",
             ),
             pytest.param(
                 demo.RTPLAN,
                 lambda p: offset_inside(p, b"\x0a\x30\xb0\x00", 30),
+                "problem:truncated",
                 id="rtplan-implicit-inside-beam-sequence",
             ),
         ],
     )
-    def test_truncated_copy_raises_file_problem_or_warns_truncated(self, tmp_path, src, where):
+    def test_truncated_copy_is_reported_with_the_expected_reason(
+        self, tmp_path, src, where, expected
+    ):
         cut = truncated_copy(src, tmp_path, where(src))
 
-        outcome = problem_or_truncated_warning(cut)
+        assert problem_or_truncated_warning(cut) == expected
 
-        assert outcome != "clean"
+    def test_truncated_pixel_values_warning_names_declared_and_available_bytes(self, tmp_path):
+        cut = truncated_copy(
+            MR_NATIVE, tmp_path, offset_inside(MR_NATIVE, PIXEL_TAG_LE, 12 + 65536)
+        )
+
+        header = read_header(cut)
+
+        assert header.has_pixels is True
+        assert header.warnings == [
+            ("truncated", "pixel data declares 131072 bytes but file holds 65536")
+        ]
 
     @pytest.mark.parametrize(
-        "src",
+        ("src", "image"),
         [
-            pytest.param(demo.CT_SMALL, id="ct-native"),
-            pytest.param(CT_J2K, id="ct-jpeg2000"),
-            pytest.param(demo.SR, id="structured-report"),
-            pytest.param(demo.RTPLAN, id="rtplan-implicit"),
+            pytest.param(demo.CT_SMALL, True, id="ct-native"),
+            pytest.param(CT_J2K, True, id="ct-jpeg2000"),
+            pytest.param(demo.SR, False, id="structured-report"),
+            pytest.param(demo.RTPLAN, False, id="rtplan-implicit"),
         ],
     )
     @pytest.mark.filterwarnings("ignore:Unknown encoding:UserWarning")
-    def test_truncation_at_any_offset_raises_only_file_problem(self, tmp_path, src):
+    def test_truncation_at_any_offset_is_reported_unless_it_falls_between_elements(
+        self, tmp_path, src, image
+    ):
         data = Path(src).read_bytes()
+        full_tags = list(pydicom.dcmread(src, stop_before_pixels=True).keys())
+        pixel_start = data.rfind(PIXEL_TAG_LE) if image else len(data)
         offsets = list(range(1, 400)) + list(range(400, len(data), len(data) // 100))
         target = tmp_path / "cut.dcm"
+        outcomes = set()
         for size in offsets:
             target.write_bytes(data[:size])
-            with contextlib.suppress(FileProblem):
-                read_header(target)
+            outcome = problem_or_truncated_warning(target)  # any other exception fails
+            outcomes.add(outcome)
+            if size < 132:  # no complete DICM marker: nothing says this was DICOM
+                assert outcome == "problem:not_dicom", size
+            elif size > pixel_start + 12:  # inside the pixel values: the header is whole
+                assert outcome == "warning:truncated", size
+            elif outcome == "clean":
+                # only a cut exactly between two top-level elements leaves a shorter valid
+                # dataset; then the next element of the original starts where the file ends
+                tags = list(pydicom.dcmread(target, stop_before_pixels=True).keys())
+                following = full_tags[full_tags.index(tags[-1]) + 1]
+                assert data[size : size + 4] == struct.pack("<HH", following.group, following.elem)
+                assert "Rows" not in pydicom.dcmread(target, stop_before_pixels=True)
+            else:
+                assert outcome in ("problem:truncated", "warning:truncated"), size
+        assert {"problem:not_dicom", "problem:truncated"} <= outcomes
 
     @pytest.mark.filterwarnings("ignore:Unknown encoding:UserWarning")
     def test_raw_dataset_cut_inside_first_element_raises_file_problem(self, tmp_path):
@@ -327,12 +388,21 @@ class TestReadHeader:
     def test_warns_truncated_when_encapsulated_pixel_data_is_cut_short(self, tmp_path):
         cut = truncated_copy(CT_J2K, tmp_path, offset_inside(CT_J2K, PIXEL_TAG_LE, 12 + 2000))
 
-        assert problem_or_truncated_warning(cut) in ("warning:truncated", "problem:truncated")
+        header = read_header(cut)
+
+        assert header.has_pixels is True
+        assert [reason for reason, _ in header.warnings] == ["truncated"]
+        assert "fragment needs" in header.warnings[0][1]
 
     def test_flags_image_cut_at_the_element_boundary_before_pixel_data(self, tmp_path):
         cut = truncated_copy(demo.CT_SMALL, tmp_path, offset_inside(demo.CT_SMALL, PIXEL_TAG_LE, 0))
 
-        assert problem_or_truncated_warning(cut) in ("warning:truncated", "problem:truncated")
+        header = read_header(cut)
+
+        assert header.has_pixels is False
+        assert header.warnings == [
+            ("truncated", "image pixel module present but the file ends before pixel data")
+        ]
 
     def test_finds_pixel_data_in_deflated_file(self):
         path = pydicom_file("image_dfl.dcm")

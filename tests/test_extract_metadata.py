@@ -15,6 +15,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
 import demo
+import dicom_io
 import extract_metadata
 import scan_study
 import table_schema
@@ -318,3 +319,30 @@ class TestMain:
         (row,) = pq.read_table(instances).to_pylist()
         assert "00180050" not in json.loads(row["header_json"])
         assert row["SliceThickness"] is None
+
+    def test_a_file_that_cannot_be_opened_is_one_unreadable_file_error_row(
+        self, tmp_path, monkeypatch
+    ):
+        study = study_of(tmp_path, {"locked.dcm": demo.CT_SMALL, "ok.dcm": demo.MR_RLE})
+        real_open = open
+
+        def refuse_locked(path, *args, **kwargs):
+            if str(path).endswith("locked.dcm"):  # as root, chmod 000 would not stop a read
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(dicom_io, "open", refuse_locked, raising=False)
+
+        code, instances, errors = run_extract(study, tmp_path / "out")
+
+        assert code == 0
+        assert pq.read_table(instances).column("path").to_pylist() == ["ok.dcm"]
+        assert pq.read_table(errors).to_pylist() == [
+            {
+                "path": "locked.dcm",
+                "reason": "unreadable_file",
+                "detail": "PermissionError: Permission denied",
+                "severity": "error",
+                "stage": "extract",
+            }
+        ]

@@ -318,6 +318,17 @@ class TestPixelSpacing:
         else:
             assert spacing == pytest.approx(expected)
 
+    def test_imager_pixel_spacing_is_used_when_pixel_spacing_is_absent(self):
+        ds = read_header(demo.CT_SMALL)
+        del ds.PixelSpacing
+        ds.ImagerPixelSpacing = ["0.143", "0.15"]  # projection radiography, at the detector
+        assert geometry.pixel_spacing(ds) == [0.143, 0.15]
+
+    def test_pixel_spacing_wins_over_imager_pixel_spacing(self):
+        ds = read_header(demo.CT_SMALL)
+        ds.ImagerPixelSpacing = ["0.143", "0.15"]
+        assert geometry.pixel_spacing(ds) == pytest.approx([0.661468, 0.661468])
+
     def test_enhanced_object_spacing_comes_from_shared_pixel_measures(self):
         assert geometry.pixel_spacing(enhanced_header()) == pytest.approx([0.810547, 0.810547])
 
@@ -356,3 +367,80 @@ class TestReformatVolume:
     def test_wrong_dimensions_are_refused_naming_the_argument(self):
         with pytest.raises(ValueError, match="Argument 'volume' must be 3-D"):
             geometry.reformat_volume(np.zeros((4, 4)), self.SAGITTAL, [1, 1], 1, [0, 0, 0], "axial")
+
+
+def voxel_coordinates(headers) -> tuple[np.ndarray, list, np.ndarray]:
+    """Patient (LPS) coordinates of every voxel of a stack, the independent way.
+
+    Each header's ImagePositionPatient, ImageOrientationPatient and PixelSpacing place
+    pixel (i, j) at ``IPP + j * column spacing * row direction + i * row spacing * column
+    direction`` (PS3.3 C.7.6.2.1.1). Slices are ordered by ascending IPP along the normal.
+
+    Returns ``(coords of shape (slices, rows, columns, 3), orientation, pixel spacing)``.
+    """
+    orientation = [float(v) for v in headers[0].ImageOrientationPatient]
+    normal = np.cross(orientation[:3], orientation[3:])
+    ordered = sorted(headers, key=lambda ds: float(np.dot(ds.ImagePositionPatient, normal)))
+    row_mm, col_mm = (float(v) for v in ordered[0].PixelSpacing)
+    rows, columns = int(ordered[0].Rows), int(ordered[0].Columns)
+    i = np.arange(rows)[:, None, None]
+    j = np.arange(columns)[None, :, None]
+    row_dir, col_dir = np.array(orientation[:3]), np.array(orientation[3:])
+    coords = np.stack(
+        [
+            np.asarray(ds.ImagePositionPatient, dtype=float)
+            + j * col_mm * row_dir
+            + i * row_mm * col_dir
+            for ds in ordered
+        ]
+    )
+    return coords, orientation, [row_mm, col_mm]
+
+
+@pytest.fixture(scope="module")
+def mr_coordinates(mr_headers):
+    return voxel_coordinates(mr_headers)
+
+
+@pytest.fixture(scope="module")
+def ct_coordinates(ct_headers):
+    return voxel_coordinates(ct_headers)
+
+
+RADIOLOGICAL = {
+    # plane: (patient axis constant in a slice, axis down the rows and its sign,
+    #         axis across the columns and its sign); LPS: +x left, +y posterior, +z superior
+    "axial": (2, (1, +1), (0, +1)),  # anterior at the top, patient right on the left
+    "coronal": (1, (2, -1), (0, +1)),  # superior at the top, patient right on the left
+    "sagittal": (0, (2, -1), (1, +1)),  # superior at the top, anterior on the left
+}
+
+
+class TestReformatOrientation:
+    """Reformats of the real demo MR (sagittal) and CT (axial) volumes, checked against the
+    patient coordinates of their voxels computed from each header."""
+
+    @pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
+    @pytest.mark.parametrize("stack", ["mr", "ct"])
+    def test_reformat_shows_the_plane_in_radiological_display_order(self, request, stack, plane):
+        coords, orientation, spacing = request.getfixturevalue(f"{stack}_coordinates")
+        slice_spacing = float(np.linalg.norm(coords[1, 0, 0] - coords[0, 0, 0]))
+        normal_axis, (row_axis, row_sign), (col_axis, col_sign) = RADIOLOGICAL[plane]
+        out = {}
+        for axis in range(3):
+            out[axis], out_spacing, positions = geometry.reformat_volume(
+                coords[..., axis], orientation, spacing, slice_spacing, coords[0, 0, 0], plane
+            )
+        normal, down, across = out[normal_axis], out[row_axis], out[col_axis]
+        # every slice lies at one coordinate along the plane's normal, the one reported
+        np.testing.assert_allclose(
+            normal, positions[:, None, None] * np.ones_like(normal), rtol=0, atol=1e-3
+        )
+        assert np.all(np.diff(positions) > 0)
+        # rows and columns run the radiological way, with the reported spacing
+        row_steps, col_steps = np.diff(down, axis=1), np.diff(across, axis=2)
+        np.testing.assert_allclose(row_steps, row_sign * out_spacing[0], rtol=0, atol=1e-3)
+        np.testing.assert_allclose(col_steps, col_sign * out_spacing[1], rtol=0, atol=1e-3)
+        # the slice count is the extent along the normal in the source volume
+        assert positions[0] == pytest.approx(coords[..., normal_axis].min(), abs=1e-3)
+        assert positions[-1] == pytest.approx(coords[..., normal_axis].max(), abs=1e-3)

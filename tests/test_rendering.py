@@ -10,7 +10,7 @@ import imageio.v3 as iio
 import numpy as np
 import pydicom
 import pytest
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 import demo
 import rendering
@@ -85,6 +85,28 @@ class TestModalityValues:
         expected = stored.astype(np.float64) * float(ds.DoseGridScaling)
         np.testing.assert_allclose(got, expected, rtol=1e-6)
 
+    def test_a_modality_lut_sequence_wins_over_rescale_slope_and_intercept(self):
+        ds = read(demo.CT_SMALL)
+        stored = ds.pixel_array
+        assert float(ds.RescaleIntercept) == -1024  # present, and must be ignored
+        first, n = 500, 1000
+        lut = (np.arange(n, dtype=np.int64) * 3 + 7).astype(np.uint16)  # not a rescale
+        item = pydicom.Dataset()
+        item.LUTDescriptor = [n, first, 16]
+        item.ModalityLUTType = "HU"
+        item.LUTData = lut.tolist()
+        ds.ModalityLUTSequence = [item]
+        # stored values fall below, inside and above the LUT's input range
+        assert stored.min() < first < first + n - 1 < stored.max()
+
+        got = rendering.modality_values(stored, ds)
+
+        expected = lut[np.clip(stored.astype(np.int64) - first, 0, n - 1)]
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, expected.astype(np.float32))
+        assert got[stored <= first].tolist() == [7.0] * int((stored <= first).sum())
+        assert got[stored >= first + n - 1].max() == 7 + 3 * (n - 1)
+
 
 class TestValueUnits:
     @pytest.mark.parametrize(
@@ -98,6 +120,24 @@ class TestValueUnits:
     )
     def test_value_units_follow_the_header(self, path, units):
         assert rendering.value_units(read(path)) == units
+
+    @pytest.mark.parametrize(
+        ("units", "rescale_type", "expected"),
+        [
+            pytest.param("BQML", None, "BQML", id="pet-bqml"),
+            pytest.param("CNTS", None, "CNTS", id="pet-counts"),
+            pytest.param(None, None, "US", id="pet-without-units"),
+            pytest.param("BQML", "SUVbw", "SUVbw", id="rescale-type-wins"),
+        ],
+    )
+    def test_pet_values_take_the_units_attribute(self, units, rescale_type, expected):
+        ds = read(MR_FILE)  # a real image header, relabelled as PET
+        ds.Modality = "PT"
+        if units is not None:
+            ds.Units = units
+        if rescale_type is not None:
+            ds.RescaleType = rescale_type
+        assert rendering.value_units(ds) == expected
 
 
 class TestHeaderWindow:
@@ -295,23 +335,58 @@ class TestRobustWindow:
         assert rendering.robust_window(np.full((8, 8), 7.0)) == (7.0, 1.0)
 
 
+def with_voi_lut(ds, first_mapped: int, n_entries: int, bits: int = 12) -> np.ndarray:
+    """Give ``ds`` a VOI LUT Sequence (and no window): a square-root curve over ``n_entries``
+    inputs from ``first_mapped``, spanning 0..2**bits - 1; return the LUT.
+    """
+    lut = np.rint((2**bits - 1) * np.linspace(0, 1, n_entries) ** 0.5).astype(np.uint16)
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [n_entries, first_mapped, bits]
+    item.LUTData = lut.tolist()
+    ds.VOILUTSequence = [item]
+    for keyword in ("WindowCenter", "WindowWidth"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    return lut
+
+
+def pydicom_voi_lut_as_uint8(ds, bits: int = 12) -> np.ndarray:
+    """The oracle: pydicom's modality LUT then VOI LUT, scaled from 0..2**bits - 1 to 0..255."""
+    modality = np.rint(apply_modality_lut(ds.pixel_array, ds)).astype(np.int64)
+    out = apply_voi_lut(modality, ds, prefer_lut=True)
+    return np.rint(out.astype(np.float64) / (2**bits - 1) * 255).astype(np.uint8)
+
+
 class TestVoiLutToUint8:
-    def test_a_lut_built_from_the_header_window_renders_like_the_window(self):
-        ds = pydicom.dcmread(demo.MR_SERIES / "IM_0018")
+    @pytest.mark.parametrize(
+        ("path", "first_mapped", "n_entries"),
+        [
+            pytest.param(MR_FILE, 100, 1700, id="demo-mr-first-mapped-100"),
+            pytest.param(demo.CT_SMALL, -200, 600, id="ct-small-hu-first-mapped-minus-200"),
+        ],
+    )
+    def test_voi_lut_rendering_equals_pydicoms_apply_voi_lut(self, path, first_mapped, n_entries):
+        ds = read(path)
         values = rendering.modality_values(ds.pixel_array, ds)
-        center, width = rendering.header_window(ds)
-        first = 0
-        inputs = np.arange(first, int(values.max()) + 1, dtype=np.float64)
-        lut = rendering.apply_window(inputs[None, :], center, width)[0].astype(np.uint16) * 16
-        item = pydicom.Dataset()
-        item.LUTDescriptor = [len(lut), first, 16]  # claims 16 bits, holds 12: scaled by range
-        item.LUTData = lut.tolist()
-        ds.VOILUTSequence = [item]
+        with_voi_lut(ds, first_mapped, n_entries)
+        # the LUT's ends are really used: values below its first input and above its last
+        assert (values < first_mapped).any()
+        assert (values > first_mapped + n_entries - 1).any()
 
-        by_lut = rendering.voi_lut_to_uint8(values, ds)
-        by_window = rendering.apply_window(values, center, width)
+        got = rendering.voi_lut_to_uint8(values, ds)
 
-        assert np.abs(by_lut.astype(int) - by_window.astype(int)).max() <= 1
+        np.testing.assert_array_equal(got, pydicom_voi_lut_as_uint8(ds))
+
+    def test_a_lut_claiming_16_bits_but_holding_12_is_scaled_by_its_own_range(self):
+        ds = read(MR_FILE)
+        values = rendering.modality_values(ds.pixel_array, ds)
+        lut = with_voi_lut(ds, 100, 1700, bits=12)
+        ds.VOILUTSequence[0].LUTDescriptor = [len(lut), 100, 16]  # as some vendors write it
+
+        got = rendering.voi_lut_to_uint8(values, ds)
+
+        ds.VOILUTSequence[0].LUTDescriptor = [len(lut), 100, 12]
+        np.testing.assert_array_equal(got, pydicom_voi_lut_as_uint8(ds, bits=12))
 
 
 class TestApplyWindowFunctions:
