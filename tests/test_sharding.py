@@ -1,0 +1,84 @@
+"""Tests for scripts/sharding.py: buckets pinned to golden values.
+
+Shard lists and batches must land in the same bucket on every run, machine and Python
+version, or every rerun would redo everything. The golden values below were computed
+outside Python with coreutils: the first 16 hex digits of ``printf %s KEY | sha1sum``,
+read as an unsigned integer, modulo the bucket count.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sharding import bucket_count, short_hash, stable_bucket
+
+DEMO_FOLDER_BUCKETS = {
+    # folder of the bundled demo study: (bucket of 8, bucket of 4)
+    "misc_samples/ct": (7, 3),
+    "misc_samples/ecg": (3, 3),
+    "misc_samples/mr": (2, 2),
+    "misc_samples/nm": (5, 1),
+    "misc_samples/rt": (0, 0),
+    "misc_samples/sr": (1, 1),
+    "misc_samples/us": (7, 3),
+    "patient01_head_MR/20220407_brain/003_t1_fl2d_sag": (6, 2),
+    "patient02_abdomen_CT/20221208_ct_body_3.0": (6, 2),
+    "unsorted": (1, 1),
+}
+
+
+class TestStableBucket:
+    @pytest.mark.parametrize(
+        ("key", "n_buckets", "bucket"),
+        [
+            pytest.param("patient01_head_MR/20220407_brain/003_t1_fl2d_sag", 16, 14, id="mr-16"),
+            pytest.param("patient01_head_MR/20220407_brain/003_t1_fl2d_sag", 1024, 78, id="mr-1k"),
+            pytest.param("misc_samples/ct", 1024, 623, id="ct-1k"),
+            pytest.param("", 1024, 781, id="empty-key"),
+            pytest.param("uid:1.2.3.4", 1024, 369, id="series-identity"),
+            pytest.param("anything", 1, 0, id="one-bucket"),
+        ],
+    )
+    def test_bucket_equals_the_golden_sha1_value(self, key, n_buckets, bucket):
+        assert stable_bucket(key, n_buckets) == bucket
+
+    @pytest.mark.parametrize("folder", sorted(DEMO_FOLDER_BUCKETS))
+    def test_demo_study_folders_land_in_their_golden_buckets(self, folder):
+        assert (stable_bucket(folder, 8), stable_bucket(folder, 4)) == DEMO_FOLDER_BUCKETS[folder]
+
+    def test_a_key_keeps_its_bucket_modulo_the_smaller_count_when_the_count_doubles(self):
+        keys = [f"study/folder_{i:03d}" for i in range(200)]
+        for key in keys:
+            assert stable_bucket(key, 8) % 4 == stable_bucket(key, 4), key
+        assert len({stable_bucket(key, 8) for key in keys}) == 8
+
+    def test_a_file_name_that_is_not_utf8_has_a_golden_bucket(self):
+        # b"caf\xe9/x" as Python keeps it from os.listdir: a lone surrogate for the byte
+        key = b"caf\xe9/x".decode("utf-8", "surrogateescape")
+        assert stable_bucket(key, 1024) == 0xF8A4F37095FCA912 % 1024 == 274
+
+
+class TestBucketCount:
+    @pytest.mark.parametrize(
+        ("n_items", "per_bucket", "count"),
+        [
+            pytest.param(0, 1000, 1, id="empty-study-one-bucket"),
+            pytest.param(72, 1000, 1, id="demo-one-shard"),
+            pytest.param(72, 10, 8, id="demo-ten-per-shard"),
+            pytest.param(1000, 1000, 1, id="exactly-full"),
+            pytest.param(1001, 1000, 2, id="one-over"),
+            pytest.param(100_000, 1000, 128, id="hundred-thousand-files"),
+        ],
+    )
+    def test_count_is_the_smallest_power_of_two_that_fits(self, n_items, per_bucket, count):
+        assert bucket_count(n_items, per_bucket) == count
+
+    def test_items_per_bucket_below_one_is_refused_naming_the_argument(self):
+        with pytest.raises(ValueError, match="'items_per_bucket'"):
+            bucket_count(10, 0)
+
+
+class TestShortHash:
+    def test_short_hash_is_the_golden_sha1_prefix(self):
+        assert short_hash("uid:1.2.3.4") == "2b6fc66d4827"
+        assert short_hash("uid:1.2.3.4", 6) == "2b6fc6"
