@@ -1,12 +1,28 @@
-"""Benchmark the workflow against a naive one-process script, at several study sizes.
+"""Benchmark the workflow against a naive script and a plain pydicom loop, at several sizes.
 
-For each size in ``--sizes`` a study is built with :func:`build_study.build` (real series,
-fresh UIDs, deterministic; reused when already built), the whole workflow runs on it in a
-fresh folder, and ``naive_baseline.py`` does the same job by hand. ``--dry-run-sizes``
-times ``snakemake -n`` on hard-linked replicas of a built study in a fresh folder (the
-study is scanned while the DAG is built, so this plans every extract shard);
-``--metadata-only-sizes``
-runs only scan + extract + merge (``results/metadata/series.parquet``) on a real study of
+For each size in ``--sizes`` a study is built with :func:`build_study.build` from real
+scanner series (``--source vendor``: the GE, Philips, Toshiba and Siemens series in
+``../shared/data/vendor-mr``; ``demo``: the demo study's MR and CT; ``mixed``: both; fresh
+UIDs, deterministic, reused when already built; a missing vendor folder falls back to the
+demo). On it, one after another with warm file caches, are timed: reading every file's
+bytes (``cat``, also warming the caches), the plain pydicom loop (``pydicom_loop.py``:
+``dcmread(stop_before_pixels=True)`` of every file, one process, no outputs), the naive
+script (``naive_baseline.py``), the metadata stages (scan + extract + merge, target
+``results/metadata/instances.parquet``) in a fresh folder, and the whole workflow in a
+fresh folder. After the whole run, one new series folder (a fresh-UID copy of the
+Toshiba series) is added and the rerun timed (``add-series``, as % of the full run), then
+a rerun with nothing changed (``no-change``, which must run 0 jobs).
+
+Per vendor, on up to ``--profile-files`` files of each real series (GE, Philips,
+Toshiba, Siemens, demo), this process times in ms per file: pydicom's header-only read,
+our metadata extraction of one file (``extract_metadata.extract_file``: reading, typed
+columns and DICOM JSON), and the reference JSON
+(``dicom_json.header_json(dicom_io.read_header(path).dataset)``); the best of
+``--profile-repeats`` passes after one warm-up file.
+
+``--dry-run-sizes`` times ``snakemake -n`` on hard-linked replicas of a built study in a
+fresh folder (the study is scanned while the DAG is built, so this plans every extract
+shard); ``--metadata-only-sizes`` runs only scan + extract + merge on a real study of
 that size and then times a dry run of the rest with the checkpoints resolved.
 
 Wall time is measured around each command. Peak RSS is measured for the whole process
@@ -17,12 +33,14 @@ of the tree, not a sum). Summed RSS counts shared pages (libraries) once per pro
 it overstates a little; sampling can miss spikes shorter than the interval.
 
 Jobs and their summed run time come from Snakemake's benchmark TSV files under
-``results/benchmarks/`` (one per job; ``rule all`` has none). Snakemake's overhead is
-``wall - summed job seconds / cores``; it includes cores left idle by serial parts of
-the DAG (scan -> extract -> merge), so it is an upper bound on Snakemake's own cost.
+``results/benchmarks/`` (one per job, rewritten when the job runs; ``rule all`` has
+none). Snakemake's overhead is ``wall - summed job seconds / cores``; it includes cores
+left idle by serial parts of the DAG (scan -> extract -> merge), so it is an upper bound
+on Snakemake's own cost.
 
-Prints one aligned table and writes it to ``<out-dir>/benchmark.md`` (with a line naming
-the machine and these notes) and ``<out-dir>/benchmark.tsv``.
+Prints the vendor table and the stage table and writes them to ``<out-dir>/benchmark.md``
+(with a line naming the machine and commit, and these notes), ``<out-dir>/benchmark.tsv``
+and ``<out-dir>/vendors.tsv``.
 """
 
 from __future__ import annotations
@@ -35,13 +53,14 @@ import logging
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import build_study
@@ -50,10 +69,12 @@ log = logging.getLogger("run_benchmark")
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+SCRIPTS = ROOT / "scripts"
 SNAKEFILE = ROOT / "Snakefile"
 CONFIG = ROOT / "config" / "config.yaml"
 NAIVE = HERE / "naive_baseline.py"
-METADATA_TARGET = "results/metadata/series.parquet"
+PYDICOM_LOOP = HERE / "pydicom_loop.py"
+METADATA_TARGET = "results/metadata/instances.parquet"
 
 COLUMNS = (
     "size",
@@ -65,6 +86,20 @@ COLUMNS = (
     "overhead_s",
     "overhead_pct",
     "ratio_vs_naive",
+    "ratio_vs_pydicom",
+    "pct_of_full",
+)
+#: Stages whose files/s are compared with the two baselines of the same size.
+RATED_STAGES = ("read-bytes", "pydicom-loop", "naive", "metadata", "workflow")
+VENDOR_COLUMNS = (
+    "vendor",
+    "files",
+    "file_kib",
+    "elements",
+    "json_kib",
+    "pydicom_read_ms",
+    "extract_ms",
+    "reference_json_ms",
 )
 MIB = 1024 * 1024
 #: Free space kept back when checking whether a study fits on the disk.
@@ -110,7 +145,7 @@ class Measurement:
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the result table; None shows as ``-`` (empty in the TSV)."""
+    """One line of the stage table; None shows as ``-`` (empty in the TSV)."""
 
     size: int
     stage: str
@@ -121,6 +156,42 @@ class Row:
     overhead_s: float | None = None
     overhead_pct: float | None = None
     ratio_vs_naive: float | None = None
+    ratio_vs_pydicom: float | None = None
+    pct_of_full: float | None = None
+
+
+@dataclass(frozen=True)
+class VendorRow:
+    """Per-file costs on one vendor's real series (means over the files timed).
+
+    Attributes
+    ----------
+    vendor : str
+        ``GE``, ``Philips``, ``Toshiba``, ``Siemens`` or ``demo``.
+    files : int
+        Files timed.
+    file_kib : float
+        Mean file size, KiB.
+    elements : float
+        Mean number of data elements in a header (nested ones included).
+    json_kib : float
+        Mean size of the reference DICOM JSON, KiB.
+    pydicom_read_ms : float
+        ``pydicom.dcmread(path, stop_before_pixels=True)``, ms per file.
+    extract_ms : float
+        ``extract_metadata.extract_file`` (read, typed columns, DICOM JSON), ms per file.
+    reference_json_ms : float
+        ``dicom_json.header_json(dicom_io.read_header(path).dataset)``, ms per file.
+    """
+
+    vendor: str
+    files: int
+    file_kib: float
+    elements: float
+    json_kib: float
+    pydicom_read_ms: float
+    extract_ms: float
+    reference_json_ms: float
 
 
 # --- measuring a process tree ----------------------------------------------------------
@@ -278,10 +349,12 @@ def builder_fingerprint() -> str:
     return hashlib.sha1(Path(build_study.__file__).read_bytes()).hexdigest()[:12]
 
 
-def mean_template_file_bytes() -> float:
-    """Mean size of the template series' files, to estimate a built study's size."""
-    sizes = [p.stat().st_size for t in build_study.TEMPLATES for p in t.iterdir() if p.is_file()]
-    return sum(sizes) / len(sizes)
+def estimated_study_bytes(n_files: int, source: str) -> float:
+    """Bytes a study of ``n_files`` built from ``source`` takes (from its template series)."""
+    chosen = build_study.templates(source)
+    series_bytes = [sum(p.stat().st_size for p in t.files()) for t in chosen]
+    order = build_study.plan([len(t.files()) for t in chosen], n_files)
+    return float(sum(series_bytes[k] for k in order))
 
 
 def disk_problem(folder: Path, need_bytes: float, need_inodes: int = 0) -> str | None:
@@ -317,7 +390,7 @@ def disk_problem(folder: Path, need_bytes: float, need_inodes: int = 0) -> str |
     return None
 
 
-def ensure_study(work: Path, n_files: int) -> tuple[Path, int]:
+def ensure_study(work: Path, n_files: int, source: str = "vendor") -> tuple[Path, int]:
     """Build (or reuse) a study of about ``n_files`` real files under ``work/studies``.
 
     Parameters
@@ -326,37 +399,63 @@ def ensure_study(work: Path, n_files: int) -> tuple[Path, int]:
         Benchmark work folder.
     n_files : int
         Files requested; :func:`build_study.build` writes whole series, so a few more.
+    source : str
+        ``vendor``, ``demo`` or ``mixed``; ``vendor`` and ``mixed`` fall back to
+        ``demo`` (with a warning) when the vendor series are missing.
 
     Returns
     -------
     (Path, int)
-        The study folder and its file count.
+        The study folder (``studies/<source>_<n_files>``) and its file count.
 
     Raises
     ------
     NotEnoughDisk
         When the study would not fit (checked before writing anything).
     """
-    study = work / "studies" / f"study_{n_files}"
+    source = build_study.resolve_source(source)
+    study = work / "studies" / f"{source}_{n_files}"
     marker = study.with_name(study.name + ".json")
-    stamp = {"requested": n_files, "builder": builder_fingerprint()}
+    stamp = {
+        "requested": n_files,
+        "source": source,
+        "vendor_root": str(build_study.VENDOR_MR) if source != "demo" else None,
+        "builder": builder_fingerprint(),
+    }
     if marker.exists() and study.is_dir():
         done = json.loads(marker.read_text())
-        if {k: done.get(k) for k in stamp} == stamp:
-            log.info("reusing %s (%d files)", study, done["files"])
+        same = {k: done.get(k) for k in stamp} == stamp
+        if same and count_files(study) == done.get("files"):
+            log.info("reusing %s (%d files: %s)", study, done["files"], done.get("vendors"))
             return study, done["files"]
-    problem = disk_problem(work, n_files * mean_template_file_bytes() * 1.05, n_files)
+    problem = disk_problem(work, estimated_study_bytes(n_files, source) * 1.05, n_files)
     if problem:
         raise NotEnoughDisk(f"{n_files}-file study: {problem}")
     if study.exists():
         shutil.rmtree(study)
     marker.unlink(missing_ok=True)
-    log.info("building a %d-file study in %s", n_files, study)
+    log.info("building a %d-file study from %s series in %s", n_files, source, study)
     start = time.perf_counter()
-    written = build_study.build(study, n_files)
-    log.info("built %d files in %.1f s", written, time.perf_counter() - start)
-    marker.write_text(json.dumps({**stamp, "files": written}, indent=1) + "\n")
+    written = build_study.build(study, n_files, source)
+    vendors = build_study.composition(n_files, source)
+    log.info("built %d files (%s) in %.1f s", written, vendors, time.perf_counter() - start)
+    marker.write_text(json.dumps({**stamp, "files": written, "vendors": vendors}, indent=1) + "\n")
     return study, written
+
+
+def link_tree(source: Path, target: Path) -> Path:
+    """A fresh mirror of ``source`` at ``target`` made of hard links (symlinks across devices).
+
+    Lets a run add files to a study without touching the built one; the linked files
+    share the originals' size and modification time.
+    """
+    fresh_folder(target)
+    for dirpath, _dirnames, filenames in os.walk(source):
+        folder = target / Path(dirpath).relative_to(source)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in filenames:
+            link_or_symlink(Path(dirpath, name).resolve(), folder / name)
+    return target
 
 
 def link_or_symlink(source: Path, target: Path) -> None:
@@ -448,13 +547,16 @@ def fresh_folder(folder: Path) -> Path:
     return folder
 
 
-def job_benchmarks(results: Path) -> tuple[int, float]:
+def job_benchmarks(results: Path, since: float | None = None) -> tuple[int, float]:
     """Jobs run and their summed seconds, from Snakemake's benchmark TSV files.
 
     Parameters
     ----------
     results : Path
         The workflow's results folder; ``benchmarks/**/*.tsv`` holds one file per job.
+    since : float, optional
+        Unix time; when given, only files written at or after it count (the jobs of a
+        rerun: a job's benchmark file is rewritten when the job runs).
 
     Returns
     -------
@@ -463,6 +565,8 @@ def job_benchmarks(results: Path) -> tuple[int, float]:
     """
     jobs, seconds = 0, 0.0
     for path in sorted((results / "benchmarks").rglob("*.tsv")):
+        if since is not None and path.stat().st_mtime < since:
+            continue
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh, delimiter="\t"))
         jobs += 1
@@ -548,15 +652,48 @@ def per_second(n_files: int, wall_s: float) -> float:
 
 
 def run_workflow(
-    study: Path, n_files: int, run: Path, cores: int, interval: float, stage: str, *targets: str
+    study: Path,
+    n_files: int,
+    run: Path,
+    cores: int,
+    interval: float,
+    stage: str,
+    *targets: str,
+    fresh: bool = True,
 ) -> Row:
-    """Run the workflow (or its ``targets``) on ``study`` in the fresh folder ``run``; one row."""
-    fresh_folder(run)
+    """Run the workflow (or its ``targets``) on ``study`` in ``run``; one row.
+
+    Parameters
+    ----------
+    study : Path
+        Study folder.
+    n_files : int
+        Files in it.
+    run : Path
+        Folder to run in; results go to ``run/results``.
+    cores : int
+        Cores given to Snakemake.
+    interval : float
+        Seconds between RSS samples.
+    stage : str
+        Label of the row (also names the log file).
+    *targets : str
+        Snakemake targets; the whole workflow when none.
+    fresh : bool
+        Empty ``run`` first; when False, this is a rerun and only the jobs it ran count.
+
+    Returns
+    -------
+    Row
+        Wall time, files/s, peak RSS, jobs run and Snakemake's overhead.
+    """
+    if fresh:
+        fresh_folder(run)
     log.info("%s on %d files in %s", stage, n_files, run)
-    log_path = run / "snakemake.log"
+    log_path = run / f"snakemake_{stage}.log"
     m = run_measured(snakemake_cmd(study, cores, *targets), run, log_path, tool_env(), interval)
     check(m, f"snakemake ({stage})", log_path)
-    jobs, job_s = job_benchmarks(run / "results")
+    jobs, job_s = job_benchmarks(run / "results", None if fresh else m.started_at)
     over_s, over_pct = overhead(m.wall_s, job_s, cores)
     idle = idle_seconds(run / "results", m.started_at, m.wall_s)
     log.info("%s: %.1f s, %d jobs summing %.1f s", stage, m.wall_s, jobs, job_s)
@@ -576,15 +713,133 @@ def bench_workflow(study: Path, n_files: int, run: Path, cores: int, interval: f
     return run_workflow(study, n_files, run, cores, interval, "workflow")
 
 
+def bench_metadata(study: Path, n_files: int, run: Path, cores: int, interval: float) -> Row:
+    """Scan + extract + merge (``instances.parquet``) in the fresh folder ``run``; one row."""
+    return run_workflow(study, n_files, run, cores, interval, "metadata", METADATA_TARGET)
+
+
+def bench_command(
+    cmd: Sequence[str],
+    study: Path,
+    n_files: int,
+    run: Path,
+    interval: float,
+    stage: str,
+    jobs: int | None = 1,
+) -> Row:
+    """Run a one-process baseline in the fresh folder ``run``; one row named ``stage``."""
+    fresh_folder(run)
+    log.info("%s on %d files in %s", stage, n_files, run)
+    log_path = run / f"{stage}.log"
+    m = run_measured(cmd, run, log_path, tool_env(), interval)
+    check(m, stage, log_path)
+    log.info("%s: %.1f s", stage, m.wall_s)
+    return Row(n_files, stage, m.wall_s, per_second(n_files, m.wall_s), m.peak_rss_mib, jobs)
+
+
 def bench_naive(study: Path, n_files: int, run: Path, interval: float) -> Row:
     """Run ``naive_baseline.py`` on ``study`` in the fresh folder ``run``; one ``naive`` row."""
-    fresh_folder(run)
-    log.info("naive baseline on %d files in %s", n_files, run)
-    log_path = run / "naive.log"
     cmd = [sys.executable, str(NAIVE), "--study", str(study.resolve()), "--out", "out"]
-    m = run_measured(cmd, run, log_path, tool_env(), interval)
-    check(m, "naive baseline", log_path)
-    return Row(n_files, "naive", m.wall_s, per_second(n_files, m.wall_s), m.peak_rss_mib, 1)
+    return bench_command(cmd, study, n_files, run, interval, "naive")
+
+
+def bench_pydicom_loop(study: Path, n_files: int, run: Path, interval: float) -> Row:
+    """Run ``pydicom_loop.py`` (header-only reads, no outputs); one ``pydicom-loop`` row."""
+    cmd = [sys.executable, str(PYDICOM_LOOP), "--study", str(study.resolve())]
+    return bench_command(cmd, study, n_files, run, interval, "pydicom-loop")
+
+
+def bench_read_bytes(study: Path, n_files: int, run: Path, interval: float) -> Row:
+    """Read every file's bytes with ``cat`` (this also warms the file cache); one row."""
+    script = f"find {shlex.quote(str(study.resolve()))} -type f -exec cat {{}} + > /dev/null"
+    return bench_command(["sh", "-c", script], study, n_files, run, interval, "read-bytes", None)
+
+
+def bench_incremental(
+    study: Path, n_files: int, run: Path, cores: int, interval: float, source: str, full: Row
+) -> list[Row]:
+    """After a full run in ``run``: add one series folder and rerun, then rerun unchanged.
+
+    Parameters
+    ----------
+    study : Path
+        The study the full run used; a new series folder is written into it.
+    n_files : int
+        Files in it before the new series.
+    run : Path
+        Folder of the finished full run.
+    cores : int
+        Cores given to Snakemake.
+    interval : float
+        Seconds between RSS samples.
+    source : str
+        The study's source (picks the series to add, see :func:`build_study.add_series`).
+    full : Row
+        The full run's row; ``pct_of_full`` is the rerun's wall time as % of its.
+
+    Returns
+    -------
+    list of Row
+        ``add-series`` and ``no-change`` (jobs: those that ran; 0 is expected).
+    """
+    folder = build_study.add_series(study, source)
+    size = n_files + count_files(folder)
+    log.info("added %d files in %s", size - n_files, folder)
+    rows = []
+    for stage in ("add-series", "no-change"):
+        row = run_workflow(study, size, run, cores, interval, stage, fresh=False)
+        pct = 100 * row.wall_s / full.wall_s
+        log.info("%s: %.1f s, %.1f %% of the full run, %d jobs", stage, row.wall_s, pct, row.jobs)
+        rows.append(replace(row, files_per_s=None, pct_of_full=pct))
+    if rows[-1].jobs:
+        log.warning("the rerun with nothing changed ran %d jobs, expected 0", rows[-1].jobs)
+    return rows
+
+
+def bench_size(
+    study: Path,
+    n_files: int,
+    runs: Path,
+    cores: int,
+    interval: float,
+    source: str,
+) -> list[Row]:
+    """Every stage on one built study, baselines first (they also warm the file cache).
+
+    Parameters
+    ----------
+    study : Path
+        The built study (not modified: the full run uses a hard-linked mirror).
+    n_files : int
+        Files in it.
+    runs : Path
+        Folder for the run folders.
+    cores : int
+        Cores given to Snakemake.
+    interval : float
+        Seconds between RSS samples.
+    source : str
+        The study's source.
+
+    Returns
+    -------
+    list of Row
+        read-bytes, pydicom-loop, naive, metadata, workflow, add-series, no-change.
+    """
+    tag = f"{source}_{n_files}"
+    rows = [
+        bench_read_bytes(study, n_files, runs / f"read_bytes_{tag}", interval),
+        bench_pydicom_loop(study, n_files, runs / f"pydicom_loop_{tag}", interval),
+        bench_naive(study, n_files, runs / f"naive_{tag}", interval),
+        bench_metadata(study, n_files, runs / f"metadata_stages_{tag}", cores, interval),
+    ]
+    mirror = link_tree(study, runs / f"study_{tag}")
+    full = bench_workflow(mirror, n_files, runs / f"workflow_{tag}", cores, interval)
+    rows.append(full)
+    rows += bench_incremental(
+        mirror, n_files, runs / f"workflow_{tag}", cores, interval, source, full
+    )
+    return rows
 
 
 def bench_dry_run(
@@ -640,26 +895,130 @@ def bench_metadata_only(
     return [row, resolved]
 
 
-# --- the table -----------------------------------------------------------------------------
+# --- per-vendor costs of one file ------------------------------------------------------------
+
+
+def spread(items: Sequence[Path], limit: int) -> list[Path]:
+    """Up to ``limit`` items evenly spread over ``items`` (all of them when fewer)."""
+    if len(items) <= limit:
+        return list(items)
+    step = len(items) / limit
+    return [items[int(i * step)] for i in range(limit)]
+
+
+def best_ms_per_item(fn: Callable[[Path], object], items: Sequence[Path], repeats: int) -> float:
+    """Milliseconds per item of ``fn`` over ``items``: the best of ``repeats`` passes."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for item in items:
+            fn(item)
+        best = min(best, time.perf_counter() - start)
+    return 1000 * best / len(items)
+
+
+def vendor_files(limit: int) -> dict[str, list[Path]]:
+    """Up to ``limit`` files of each real series present, by vendor (demo's two shared)."""
+    groups: dict[str, list[build_study.Template]] = {}
+    for t in build_study.vendor_templates() + build_study.demo_templates():
+        groups.setdefault(t.vendor, []).append(t)
+    return {
+        vendor: [p for t in found for p in spread(t.files(), max(1, limit // len(found)))]
+        for vendor, found in groups.items()
+    }
+
+
+def profile_vendors(limit: int, repeats: int) -> list[VendorRow]:
+    """Per-file costs of reading and extracting each vendor's real headers, in this process.
+
+    Parameters
+    ----------
+    limit : int
+        Most files timed per vendor, spread over its series.
+    repeats : int
+        Passes over the files; the fastest counts (after one warm-up file).
+
+    Returns
+    -------
+    list of VendorRow
+        One row per vendor present: GE, Philips, Toshiba, Siemens (when
+        ``../shared/data/vendor-mr`` exists), demo.
+    """
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    import pydicom
+
+    import dicom_io
+    import dicom_json
+    import extract_metadata
+    import table_schema
+
+    keywords = table_schema.instance_keywords([])
+    rows = []
+    for vendor, paths in vendor_files(limit).items():
+        sizes = {p: p.stat().st_size for p in paths}
+
+        def read(path: Path) -> pydicom.Dataset:
+            return pydicom.dcmread(path, stop_before_pixels=True)
+
+        def extract(path: Path, sizes: dict[Path, int] = sizes) -> tuple:
+            return extract_metadata.extract_file(path.parent, path.name, sizes[path], keywords)
+
+        def reference(path: Path) -> tuple:
+            return dicom_json.header_json(dicom_io.read_header(path).dataset)
+
+        elements, json_bytes, failed = 0, 0, 0
+        for path in paths:  # also the warm-up
+            elements += sum(1 for _ in read(path).iterall())
+            row, _errors = extract(path)
+            failed += row is None
+            json_bytes += len(row["header_json"]) if row else 0
+            reference(path)
+        if failed:
+            log.warning("%s: %d of %d files gave no instance row", vendor, failed, len(paths))
+        rows.append(
+            VendorRow(
+                vendor=vendor,
+                files=len(paths),
+                file_kib=sum(sizes.values()) / len(paths) / 1024,
+                elements=elements / len(paths),
+                json_kib=json_bytes / len(paths) / 1024,
+                pydicom_read_ms=best_ms_per_item(read, paths, repeats),
+                extract_ms=best_ms_per_item(extract, paths, repeats),
+                reference_json_ms=best_ms_per_item(reference, paths, repeats),
+            )
+        )
+        pairs = zip(VENDOR_COLUMNS, cells(rows[-1]), strict=True)
+        log.info("%s", "  ".join(f"{k}={v}" for k, v in pairs))
+    return rows
+
+
+# --- the tables ------------------------------------------------------------------------------
 
 
 def with_ratios(rows: Iterable[Row]) -> list[Row]:
-    """Rows with ``ratio_vs_naive`` (workflow files/s over naive files/s) filled in."""
+    """Rows with files/s ratios to the naive script and the pydicom loop of the same size.
+
+    Filled in for :data:`RATED_STAGES` where that baseline was measured (above 1: faster
+    than the baseline).
+    """
     rows = list(rows)
     naive = {r.size: r.files_per_s for r in rows if r.stage == "naive"}
+    plain = {r.size: r.files_per_s for r in rows if r.stage == "pydicom-loop"}
     out = []
     for r in rows:
-        ratio = None
-        if r.stage in ("workflow", "naive") and naive.get(r.size):
-            ratio = r.files_per_s / naive[r.size]
-        out.append(Row(**{**r.__dict__, "ratio_vs_naive": ratio}))
+        vs_naive = vs_plain = None
+        if r.stage in RATED_STAGES and r.files_per_s:
+            vs_naive = r.files_per_s / naive[r.size] if naive.get(r.size) else None
+            vs_plain = r.files_per_s / plain[r.size] if plain.get(r.size) else None
+        out.append(replace(r, ratio_vs_naive=vs_naive, ratio_vs_pydicom=vs_plain))
     return out
 
 
-def cells(row: Row) -> list[str]:
+def cells(row: Row | VendorRow, columns: Sequence[str] | None = None) -> list[str]:
     """A row's values as text: floats to 2 decimals (1 for big ones), None as ``-``."""
     out = []
-    for name in COLUMNS:
+    for name in columns or (VENDOR_COLUMNS if isinstance(row, VendorRow) else COLUMNS):
         value = getattr(row, name)
         if value is None:
             out.append("-")
@@ -670,25 +1029,29 @@ def cells(row: Row) -> list[str]:
     return out
 
 
-def aligned_table(rows: Sequence[Row]) -> str:
-    """Plain-text table, numbers right-aligned, stage left-aligned."""
-    body = [list(COLUMNS)] + [cells(r) for r in rows]
-    widths = [max(len(line[i]) for line in body) for i in range(len(COLUMNS))]
+#: Columns holding text, aligned left.
+TEXT_COLUMNS = ("stage", "vendor")
+
+
+def aligned_table(rows: Sequence[Row | VendorRow], columns: Sequence[str] = COLUMNS) -> str:
+    """Plain-text table, numbers right-aligned, text left-aligned."""
+    body = [list(columns)] + [cells(r, columns) for r in rows]
+    widths = [max(len(line[i]) for line in body) for i in range(len(columns))]
     lines = []
     for line in body:
         parts = [
-            c.ljust(w) if name == "stage" else c.rjust(w)
-            for c, w, name in zip(line, widths, COLUMNS, strict=True)
+            c.ljust(w) if name in TEXT_COLUMNS else c.rjust(w)
+            for c, w, name in zip(line, widths, columns, strict=True)
         ]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
 
 
-def markdown_table(rows: Sequence[Row]) -> str:
+def markdown_table(rows: Sequence[Row | VendorRow], columns: Sequence[str] = COLUMNS) -> str:
     """GitHub markdown table of the rows."""
-    align = ["---:" if name != "stage" else ":---" for name in COLUMNS]
-    lines = ["| " + " | ".join(COLUMNS) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+    align = [":---" if name in TEXT_COLUMNS else "---:" for name in columns]
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(cells(r, columns)) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -699,12 +1062,11 @@ def tsv_cell(value: object) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def tsv_text(rows: Sequence[Row]) -> str:
+def tsv_text(rows: Sequence[Row | VendorRow], columns: Sequence[str] = COLUMNS) -> str:
     """Tab-separated table; floats to 3 decimals, None as an empty cell."""
-    lines = ["\t".join(COLUMNS)]
+    lines = ["\t".join(columns)]
     for r in rows:
-        values = [getattr(r, c) for c in COLUMNS]
-        lines.append("\t".join(tsv_cell(v) for v in values))
+        lines.append("\t".join(tsv_cell(getattr(r, c)) for c in columns))
     return "\n".join(lines) + "\n"
 
 
@@ -718,8 +1080,32 @@ def memory_total_gib(meminfo: Path = Path("/proc/meminfo")) -> float | None:
     return int(match.group(1)) / 1024**2 if match else None
 
 
+def commit_label(root: Path = ROOT) -> str:
+    """The checked-out commit, with ``+local changes`` when measured code differs from it."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=10", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", *MEASURED_PATHS],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "commit unknown"
+    return f"commit {head}" + (" +local changes" if dirty else "")
+
+
+#: Paths whose uncommitted changes make a measurement differ from its commit.
+MEASURED_PATHS = ("Snakefile", "workflow", "scripts", "config", "tests/benchmarks")
+
+
 def machine_line(cores: int) -> str:
-    """One line naming the machine, the tools and the load when the run started."""
+    """One line naming the commit, machine, tools and the load when the run started."""
     memory = memory_total_gib()
     mem = f"{memory:.1f} GiB RAM" if memory is not None else "RAM unknown"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -727,30 +1113,46 @@ def machine_line(cores: int) -> str:
         from importlib.metadata import version
 
         snakemake_version = version("snakemake")
+        pydicom_version = version("pydicom")
     except Exception:  # noqa: BLE001 - only a label
-        snakemake_version = "?"
+        snakemake_version = pydicom_version = "?"
     return (
+        f"Measured on {commit_label()}, {time.strftime('%Y-%m-%d')}. "
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, {mem}; "
-        f"Python {platform.python_version()}, Snakemake {snakemake_version}; "
-        f"--cores {cores}; load average {load:.2f} at start"
+        f"Python {platform.python_version()}, Snakemake {snakemake_version}, "
+        f"pydicom {pydicom_version}; --cores {cores}; load average {load:.2f} at start"
     )
 
 
 NOTES = """\
-- size: files in the study (build_study writes whole series, so slightly more than asked).
-- workflow: full `snakemake` run in a fresh folder; naive: `naive_baseline.py` (one process,
-  full `dcmread` of every file, 3 `.npy` + 3 PNG + a 16-tile matplotlib sheet per series).
+- size: files in the study (build_study writes whole series, so slightly more than asked);
+  source: {source} ({composition}).
+- read-bytes: `cat` of every file (warms the file cache); pydicom-loop: `pydicom_loop.py`,
+  `dcmread(path, stop_before_pixels=True)` of every file, one process, no outputs; naive:
+  `naive_baseline.py` (one process, full `dcmread` of every file, a DataFrame, 3 `.npy` +
+  3 PNG + a 16-tile matplotlib sheet per series).
+- metadata: scan + extract + merge (target `results/metadata/instances.parquet`) in a fresh
+  folder; workflow: full `snakemake` run in a fresh folder.
+- add-series: rerun after adding one new series folder (a fresh-UID copy of the Toshiba
+  series, or of the demo MR when building from the demo); no-change: a rerun with nothing
+  changed (jobs must be 0); pct_of_full: wall time as % of the workflow row.
 - dry-run: `snakemake -n` in a fresh folder on hard-linked replicas of a built study (the
   study is scanned while the DAG is built, so it plans every extract shard and the
-  merge); dry-run-resolved: `snakemake -n` after a metadata-only run (plans every
-  slice/thumbnail/sheet batch).
-- metadata-only: scan + extract + merge (`results/metadata/series.parquet`).
+  merge); metadata-only: scan + extract + merge on a study of that size; dry-run-resolved:
+  `snakemake -n` after it (plans every slice/thumbnail/sheet batch).
 - peak_rss_mib: peak of the summed RSS of the whole process tree, sampled from /proc every
   {interval} s, floored by the exact largest single-process `ru_maxrss` (os.wait4); shared
   pages are counted once per process.
-- jobs: Snakemake benchmark TSVs (one per job, `all` excluded); for dry runs, jobs planned.
+- jobs: Snakemake benchmark TSVs written by the run (one per job, `all` excluded); for dry
+  runs, jobs planned; 1 for the one-process baselines.
 - overhead_s = wall_s - (summed job `s`) / cores; includes cores idle on serial DAG parts.
-- ratio_vs_naive = workflow files_per_s / naive files_per_s (above 1: the workflow is faster).
+- ratio_vs_naive, ratio_vs_pydicom = files_per_s / the baseline's files_per_s at the same
+  size (above 1: faster than the baseline).
+- vendors: per file, on up to {profile_files} files of each real series, best of
+  {repeats} passes in one process: `pydicom.dcmread(stop_before_pixels=True)`;
+  `extract_metadata.extract_file` (read, typed columns, DICOM JSON); reference JSON
+  `dicom_json.header_json(dicom_io.read_header(path).dataset)`. elements counts nested
+  ones; json_kib is the size of the extracted `header_json`.
 """
 
 
@@ -758,26 +1160,35 @@ def write_outputs(
     out_dir: Path,
     rows: Sequence[Row],
     machine: str,
-    interval: float,
+    notes: dict[str, object],
     skipped: Sequence[str] = (),
+    vendors: Sequence[VendorRow] = (),
 ) -> None:
-    """Write ``benchmark.md`` (machine line, table, notes) and ``benchmark.tsv``.
+    """Write ``benchmark.md`` (machine, tables, notes), ``benchmark.tsv``, ``vendors.tsv``.
 
     Parameters
     ----------
     out_dir : Path
-        Folder for both files (made when missing).
+        Folder for the files (made when missing).
     rows : sequence of Row
-        The table.
+        The stage table.
     machine : str
-        Line naming the machine, from :func:`machine_line`.
-    interval : float
-        RSS sampling interval, named in the notes.
+        Line naming the commit and machine, from :func:`machine_line`.
+    notes : dict of str to object
+        Values filled into :data:`NOTES` (source, composition, interval, profile_files,
+        repeats).
     skipped : sequence of str
         Reasons for studies left out (not enough disk), listed under the notes.
+    vendors : sequence of VendorRow
+        The per-vendor table (``vendors.tsv`` is written only when given).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = f"{machine}\n\n{markdown_table(rows)}\n\n{NOTES.format(interval=interval)}"
+    md = f"{machine}\n\n"
+    if vendors:
+        md += f"{markdown_table(vendors, VENDOR_COLUMNS)}\n\n"
+        text = tsv_text(vendors, VENDOR_COLUMNS)
+        (out_dir / "vendors.tsv").write_text(text, encoding="utf-8")
+    md += f"{markdown_table(rows)}\n\n{NOTES.format(**notes)}"
     md += "".join(f"- skipped: {reason}\n" for reason in skipped)
     (out_dir / "benchmark.md").write_text(md, encoding="utf-8")
     (out_dir / "benchmark.tsv").write_text(tsv_text(rows), encoding="utf-8")
@@ -794,6 +1205,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """Argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -803,8 +1222,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--sizes",
         nargs="*",
         type=positive_int,
-        default=[1000, 10000],
-        help="study sizes (files) for the workflow vs naive comparison",
+        default=[2000, 10000],
+        help="study sizes (files) for the stage comparison",
+    )
+    parser.add_argument(
+        "--source",
+        choices=build_study.SOURCES,
+        default="vendor",
+        help="series the studies are built from (vendor falls back to demo when missing)",
     )
     parser.add_argument(
         "--dry-run-sizes",
@@ -819,6 +1244,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=positive_int,
         default=[],
         help="sizes of real studies for a scan+extract+merge-only run",
+    )
+    parser.add_argument(
+        "--profile-files",
+        type=non_negative_int,
+        default=100,
+        help="files per vendor for the per-file costs (0: skip them)",
+    )
+    parser.add_argument(
+        "--profile-repeats", type=positive_int, default=3, help="passes per per-file cost"
     )
     parser.add_argument("--out-dir", type=Path, default=Path("benchmark"), help="result folder")
     parser.add_argument(
@@ -842,7 +1276,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark, print the table and write it to the output folder.
+    """Run the benchmark, print the tables and write them to the output folder.
 
     Returns 0, or 1 when a measured command failed (its log tail is logged).
     """
@@ -854,6 +1288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     work = (args.work_dir or args.out_dir / "work").resolve()
     runs = work / "runs"
+    source = build_study.resolve_source(args.source)
     machine = machine_line(args.cores)
     log.info("%s", machine)
     rows: list[Row] = []
@@ -863,21 +1298,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def study_or_skip(size: int) -> tuple[Path, int] | None:
         try:
-            built[size] = built.get(size) or ensure_study(work, size)
+            built[size] = built.get(size) or ensure_study(work, size, source)
         except NotEnoughDisk as exc:
             log.warning("skipped: %s", exc)
             skipped.append(str(exc))
             return None
         return built[size]
 
+    vendors = []
+    if args.profile_files:
+        vendors = profile_vendors(args.profile_files, args.profile_repeats)
     try:
         for size in args.sizes:
             if (study := study_or_skip(size)) is not None:
-                path, n = study
-                rows.append(
-                    bench_workflow(path, n, runs / f"workflow_{size}", args.cores, interval)
-                )
-                rows.append(bench_naive(path, n, runs / f"naive_{size}", interval))
+                rows += bench_size(study[0], study[1], runs, args.cores, interval, source)
         base = None
         if args.dry_run_sizes:
             base = built[max(built)] if built else study_or_skip(args.dry_run_base)
@@ -898,7 +1332,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return 1
     rows = with_ratios(rows)
-    write_outputs(args.out_dir, rows, machine, interval, skipped)
+    biggest = max(args.sizes or args.metadata_only_sizes or [args.dry_run_base])
+    notes = {
+        "source": source,
+        "composition": f"{biggest} files: {build_study.composition(biggest, source)}",
+        "interval": interval,
+        "profile_files": args.profile_files,
+        "repeats": args.profile_repeats,
+    }
+    write_outputs(args.out_dir, rows, machine, notes, skipped, vendors)
+    if vendors:
+        print(aligned_table(vendors, VENDOR_COLUMNS))
+        print()
     print(aligned_table(rows))
     print(machine)
     log.info("written %s and %s", args.out_dir / "benchmark.md", args.out_dir / "benchmark.tsv")
