@@ -213,3 +213,39 @@ class TestHeaderJson:
         model = json.loads(header_json(read_header(target).dataset)[0])
 
         assert "00204000" in model
+
+
+def with_nan_values(tmp_path):
+    """CT_small with NaN stored in an FD element at the top level and inside a sequence item
+    (float64 NaN bytes in the file, as a faulty exporter writes them)."""
+    ds = pydicom.dcmread(demo.CT_SMALL)
+    ds.add_new(0x00189306, "FD", float("nan"))  # SingleCollimationWidth
+    item = pydicom.Dataset()
+    item.add_new(0x00189307, "FD", float("nan"))  # TotalCollimationWidth
+    item.add_new(0x00189305, "FD", 1.5)  # RevolutionTime, a good value beside it
+    ds.add_new(0x00189325, "SQ", [item])  # CTExposureSequence
+    target = tmp_path / "ct_nan.dcm"
+    ds.save_as(target)
+    return target
+
+
+class TestHeaderJsonNaNFallback:
+    def test_nan_values_are_left_out_and_reported_and_the_text_is_standard_json(self, tmp_path):
+        text, problems = header_json(read_header(with_nan_values(tmp_path)).dataset)
+
+        model = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+        assert "NaN" not in text
+        assert "00189306" not in model
+        assert model["00189325"]["Value"] == [{"00189305": {"vr": "FD", "Value": [1.5]}}]
+        assert [p.split(":")[0] for p in problems] == ["00189306 FD", "00189325[0].00189307 FD"]
+
+    def test_every_other_element_is_kept_as_without_the_nan_values(self, tmp_path):
+        text, _ = header_json(read_header(with_nan_values(tmp_path)).dataset)
+
+        model = json.loads(text)
+        assert set(model) == expected_tags(demo.CT_SMALL) | {"00189325"}
+        original = json.loads(header_json(read_header(demo.CT_SMALL).dataset)[0])
+        for key in ("00020000", "00020003", "00189325"):  # group length, UID, the new sequence
+            model.pop(key, None)
+            original.pop(key, None)
+        assert model == original
