@@ -358,6 +358,42 @@ class TestReslicedPlanes:
         i = round((z0 - axial["position_mm"]) / 1.015625)
         assert image[row_in_axial, col_in_axial] == acquired[i, j]
 
+    def test_coronal_reformat_shows_superior_at_top_and_patient_right_on_the_left(self, resliced):
+        key = resliced["mr"]["series_key"]
+        coronal = [
+            r for r in resliced["rows"] if r["series_key"] == key and r["plane"] == "coronal"
+        ]
+        assert len(coronal) == 5
+        headers = [pydicom.dcmread(f) for f in sorted(demo.MR_SERIES.iterdir())]
+        # patient right (-x) first: the column order a coronal view shows left to right
+        by_x = sorted(headers, key=lambda ds: float(ds.ImagePositionPatient[0]))
+        y0, row_mm = float(headers[0].ImagePositionPatient[1]), float(headers[0].PixelSpacing[1])
+        for row in coronal:
+            image = np.load(resliced["results"] / row["npy_path"])
+            assert image.shape == (256, 35)
+            assert row["pixel_spacing_mm"] == pytest.approx([1.015625, 4.8], abs=1e-4)
+            j = round((row["position_mm"] - y0) / row_mm)  # acquired column at this y
+            for column, ds in enumerate(by_x):
+                # acquired rows already run superior to inferior
+                np.testing.assert_array_equal(image[:, column], ds.pixel_array[:, j])
+
+    def test_the_acquired_sagittal_plane_is_saved_from_the_source_files(self, resliced):
+        key = resliced["mr"]["series_key"]
+        sagittal = [
+            r for r in resliced["rows"] if r["series_key"] == key and r["plane"] == "sagittal"
+        ]
+        # 5 evenly spaced of 35: round((i + 1) / 6 * 34) for i = 0..4
+        assert [r["index"] for r in sagittal] == [6, 11, 17, 23, 28]
+        x = [
+            float(pydicom.dcmread(demo.STUDY / r["source_path"]).ImagePositionPatient[0])
+            for r in sagittal
+        ]
+        assert x == sorted(x, reverse=True)  # along the normal (-x): patient left to right
+        for row in sagittal:
+            assert row["source_path"].startswith(MR_FOLDER)
+            expected = pydicom.dcmread(demo.STUDY / row["source_path"]).pixel_array
+            np.testing.assert_array_equal(np.load(resliced["results"] / row["npy_path"]), expected)
+
     def test_series_that_are_not_volumes_keep_only_their_acquired_plane(self, resliced):
         not_volumes = {s["series_key"] for s in resliced["series"] if not s["is_volume"]}
         for row in resliced["rows"]:
@@ -376,3 +412,31 @@ class TestSelectIndicesWithFractions:
     )
     def test_fractions_pick_slices_along_the_plane(self, n, fractions, expected):
         assert save_slices.select_indices(n, 9, fractions) == expected
+
+
+class TestMainWithFractions:
+    def test_fractions_choose_the_saved_slices_of_the_demo_ct(
+        self, demo_metadata, ct_batch, tmp_path
+    ):
+        argv = ["--study", str(demo.STUDY), "--results", str(tmp_path)]
+        argv += ["--instances", str(demo_metadata["instances"])]
+        argv += ["--series", str(demo_metadata["series"]), "--batch", str(ct_batch)]
+        argv += ["--fractions", "0", "0.5", "1", "--count", "9"]
+        argv += ["--manifest", str(tmp_path / "m.parquet"), "--errors", str(tmp_path / "e.parquet")]
+
+        assert save_slices.main(argv) == 0
+
+        rows = pq.read_table(tmp_path / "m.parquet").to_pylist()
+        ct = sorted(
+            (r for r in rows if r["source_path"].startswith(CT_FOLDER)), key=lambda r: r["index"]
+        )
+        # first, middle (round(0.5 * 19) = 10) and last of the 20 slices, inferior to superior
+        assert [r["index"] for r in ct] == [0, 10, 19]
+        z = [
+            float(pydicom.dcmread(demo.STUDY / r["source_path"]).ImagePositionPatient[2])
+            for r in ct
+        ]
+        all_z = sorted(
+            float(pydicom.dcmread(f).ImagePositionPatient[2]) for f in demo.CT_SERIES.iterdir()
+        )
+        assert z == [all_z[0], all_z[10], all_z[19]]
