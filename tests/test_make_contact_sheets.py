@@ -165,7 +165,14 @@ class TestMain:
             assert path == sheets["results"] / "contact_sheets" / f"{row['series_key']}.png"
             with Image.open(path) as image:
                 assert image.format == "PNG"
-            assert 1 <= row["n_tiles"] <= TILES
+        saved: dict[str, int] = {}
+        for part in sorted(sheets["work"].glob("*.manifest.parquet")):
+            for key in pq.read_table(part, columns=["series_key"]).column(0).to_pylist():
+                saved[key] = saved.get(key, 0) + 1
+        assert {r["series_key"]: r["n_tiles"] for r in sheets["rows"]} == {
+            key: min(n, TILES) for key, n in saved.items()
+        }
+        assert sorted(set(saved.values())) == [1, 9]  # single images and 9-slice series
         written = sorted(p.stem for p in (sheets["results"] / "contact_sheets").iterdir())
         assert written == sorted(keys)
 
