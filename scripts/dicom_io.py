@@ -240,6 +240,11 @@ def _pixel_element_header(fp, ds: Dataset) -> tuple[int, int | None] | None:
     return tag, (None if length == 0xFFFFFFFF else length)
 
 
+def open_binary(path: str | os.PathLike):
+    """Open a study file for reading bytes (every header reader opens files here)."""
+    return open(path, "rb")  # noqa: SIM115 - callers close it
+
+
 def read_header(path: str | os.PathLike) -> HeaderRead:
     """Read a DICOM header without its pixel data, and check the pixel data's presence and size.
 
@@ -263,7 +268,7 @@ def read_header(path: str | os.PathLike) -> HeaderRead:
     if size == 0:
         raise FileProblem("empty_file", "file has 0 bytes")
     try:
-        raw = open(path, "rb")  # noqa: SIM115 - closed in finally
+        raw = open_binary(path)
     except OSError as exc:
         raise FileProblem("unreadable_file", f"{type(exc).__name__}: {exc.strerror}") from exc
     try:

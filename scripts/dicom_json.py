@@ -68,29 +68,40 @@ def dataset_to_json_dict(
     """
     out: dict = {}
     for tag in sorted(ds.keys()):
-        raw = ds.get_item(tag)
-        vr = getattr(raw, "VR", None)
-        if _is_bulk(int(tag), vr, _raw_length(raw)):
-            continue
         key = f"{int(tag):08X}"
-        try:
-            elem = ds[tag]
-            if elem.VR == "SQ":
-                items = [
-                    dataset_to_json_dict(item, problems, f"{prefix}{key}[{i}].", check)
-                    for i, item in enumerate(elem.value)
-                ]
-                out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
-            elif elem.VR in _BINARY_VRS and _is_bulk(int(tag), elem.VR, _raw_length(elem)):
-                continue
-            else:
-                entry = elem.to_json_dict(None, BULK_THRESHOLD)
-                if check:
-                    json.dumps(entry, allow_nan=False)
-                out[key] = entry
-        except Exception as exc:  # noqa: BLE001 - any vendor oddity costs only its element
-            problems.append(f"{prefix}{key} {vr}: {type(exc).__name__}: {exc}"[:300])
+        entry = element_entry(ds, tag, problems, prefix, check)
+        if entry is not None:
+            out[key] = entry
     return out
+
+
+def element_entry(ds: Dataset, tag, problems: list[str], prefix: str = "", check: bool = False):
+    """The DICOM JSON entry of one element of ``ds``; None when it is bulk data or failed.
+
+    A failure appends ``"{prefix}(gggg,eeee) VR: message"`` to ``problems``.
+    """
+    raw = ds.get_item(tag)
+    vr = getattr(raw, "VR", None)
+    if _is_bulk(int(tag), vr, _raw_length(raw)):
+        return None
+    key = f"{int(tag):08X}"
+    try:
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            items = [
+                dataset_to_json_dict(item, problems, f"{prefix}{key}[{i}].", check)
+                for i, item in enumerate(elem.value)
+            ]
+            return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+        if elem.VR in _BINARY_VRS and _is_bulk(int(tag), elem.VR, _raw_length(elem)):
+            return None
+        entry = elem.to_json_dict(None, BULK_THRESHOLD)
+        if check:
+            json.dumps(entry, allow_nan=False)
+        return entry
+    except Exception as exc:  # noqa: BLE001 - any vendor oddity costs only its element
+        problems.append(f"{prefix}{key} {vr}: {type(exc).__name__}: {exc}"[:300])
+        return None
 
 
 def _model(ds: Dataset, check: bool) -> tuple[dict, list[str]]:

@@ -11,7 +11,12 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
+
+from fast_header import read_header_fast
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 
 import privacy
 import table_schema
@@ -44,12 +49,53 @@ def _element_value(header: HeaderRead, keyword: str):
     return value
 
 
+_typed_memo: dict = {}
+"""Typed column values by keyword and raw element bytes: slices of a series repeat most."""
+
+
+@cache
+def _memoisable(keyword: str) -> bool:
+    """Keywords whose typed value depends only on the element's own bytes and character set."""
+    if keyword in META_FALLBACK or keyword == "TransferSyntaxUID":
+        return False
+    return " or " not in dictionary_VR(tag_for_keyword(keyword))
+
+
+def _typed_value(header: HeaderRead, keyword: str, charset):
+    """The column value of a keyword (as ``table_schema.convert_value`` gives it), memoised.
+
+    Raises what the conversion raised, so the caller records the same warning.
+    """
+    raw = header.dataset.get_item(keyword) if _memoisable(keyword) else None
+    if not isinstance(raw, RawDataElement):
+        return table_schema.convert_value(_element_value(header, keyword), keyword)
+    key = (keyword, raw.VR, raw.value, raw.is_implicit_VR, charset)
+    hit = _typed_memo.get(key)
+    if hit is None:
+        try:
+            hit = (True, table_schema.convert_value(_element_value(header, keyword), keyword))
+        except Exception as exc:  # noqa: BLE001 - kept to be raised again for the same bytes
+            hit = (False, exc)
+        if len(_typed_memo) > 100_000:
+            _typed_memo.clear()
+        _typed_memo[key] = hit
+    ok, value = hit
+    if not ok:
+        raise value
+    return list(value) if isinstance(value, list) else value
+
+
 def instance_row(
-    path: str, file_size: int, header: HeaderRead, keywords: Sequence[str]
+    path: str,
+    file_size: int,
+    header: HeaderRead,
+    keywords: Sequence[str],
+    json_model: tuple[str, list[str]] | None = None,
 ) -> tuple[dict, list[tuple[str, str]]]:
     """One typed row for ``instances.parquet`` plus ``(reason, detail)`` warnings.
 
     Malformed values become null with a ``malformed_value`` warning instead of failing.
+    ``json_model`` is the header's ``(DICOM JSON text, problems)`` when already known.
     """
     warnings = list(header.warnings)
     row: dict = {
@@ -57,15 +103,18 @@ def instance_row(
         "file_size": file_size,
         "has_pixels": header.has_pixels,
     }
+    charset = header.dataset.get_item(0x00080005)
+    charset = getattr(charset, "value", None)
+    charset = charset if isinstance(charset, bytes | None) else str(charset)
     for keyword in keywords:
         try:
-            row[keyword] = table_schema.convert_value(_element_value(header, keyword), keyword)
+            row[keyword] = _typed_value(header, keyword, charset)
         except Exception as exc:  # noqa: BLE001 - vendor values fail in many ways
             row[keyword] = None
             warnings.append(("malformed_value", f"{keyword}: {type(exc).__name__}: {exc}"[:300]))
     if _element_value(header, "NumberOfFrames") in (None, ""):
         row["NumberOfFrames"] = 1  # absent means one frame; a malformed value stays null
-    text, problems = header_json(header.dataset)
+    text, problems = json_model if json_model is not None else header_json(header.dataset)
     row["header_json"] = text
     warnings += [("malformed_value", f"left out of header_json: {p}") for p in problems]
     uids = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
@@ -97,14 +146,19 @@ def extract_file(
 
     With a pseudonymisation ``key``, identifying values are replaced (see ``privacy``).
     """
+    json_model = None
+    fast = read_header_fast(study / path)
+    if fast is not None:
+        header, *json_model = fast
     try:
-        header = read_header(study / path)
+        if fast is None:
+            header = read_header(study / path)
     except FileProblem as problem:
         return None, [_error(path, problem.reason, problem.detail, "error")]
     except Exception as exc:  # noqa: BLE001 - last resort: a file never stops the shard
         return None, [_error(path, "unreadable_header", f"{type(exc).__name__}: {exc}", "error")]
     try:
-        row, warnings = instance_row(path, file_size, header, keywords)
+        row, warnings = instance_row(path, file_size, header, keywords, json_model)
     except Exception as exc:  # noqa: BLE001
         return None, [_error(path, "unreadable_header", f"{type(exc).__name__}: {exc}", "error")]
     errors = [_error(path, reason, detail, "warning") for reason, detail in warnings]

@@ -11,6 +11,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Sequence
+from functools import cache
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -69,6 +70,7 @@ _BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN", "SQ"}
 _TIME_RE = re.compile(r"^(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?$")
 
 
+@cache
 def keyword_vr(keyword: str) -> tuple[str, bool]:
     """Return the dictionary VR of a keyword and whether it can hold several values.
 
@@ -85,6 +87,7 @@ def keyword_vr(keyword: str) -> tuple[str, bool]:
     return vr, vm not in ("1", "")
 
 
+@cache
 def arrow_type(keyword: str) -> pa.DataType:
     """Arrow type for a keyword column: IS→int64, DS/FL/FD→float64, multi numbers→list<float64>,
     DA→date32, TM→time64[us], text VRs→string (list<string> when multi-valued).

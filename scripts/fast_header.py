@@ -1,0 +1,520 @@
+"""A fast header reader: the same dataset and DICOM JSON as the reference path, at a fraction
+of its cost on real vendor headers.
+
+pydicom builds a Python object per element while reading and several more per element
+while converting to JSON; on a Philips or GE header (hundreds of private elements) that
+costs ten times the read. Here the header is parsed from one in-memory buffer with
+``struct.unpack_from``, and each element's JSON text is memoised by its raw bytes and
+everything its conversion depends on (tag, VR, character set, private creator, syntax).
+Slices of one series repeat most elements byte for byte, so only the elements that
+differ are converted, and they are converted by pydicom itself (``dicom_json``), so the
+result is the reference's by construction.
+
+Anything unusual (no preamble, big endian, deflate, undefined-length non-sequences,
+implicit items in explicit data, out-of-order or duplicate tags, a value running past
+the end of the file, context-dependent VRs inside items) makes :func:`read_header_fast`
+return None, and the caller uses the reference path, which gives the error reasons.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from functools import cache
+
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import dictionary_VR, private_dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+from pydicom.values import convert_string
+
+import dicom_io
+from dicom_json import _is_bulk, element_entry
+
+INITIAL_READ = 4 * 1024 * 1024
+"""Bytes read at first; a header running past them is parsed again from a larger read."""
+
+MEMO_LIMIT = 200_000
+"""Memoised element conversions kept per process before the memo is cleared."""
+
+_LONG_VRS = frozenset(
+    (b"OB", b"OD", b"OF", b"OL", b"OW", b"OV", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+)
+_SHORT_VRS = frozenset(
+    (b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT")
+    + (b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US")
+)
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_PIXEL_TAGS = frozenset(dicom_io.PIXEL_TAGS)
+_CHARSET = 0x00080005
+_UNPACK_TAG_LEN = struct.Struct("<HHL").unpack_from
+_UNPACK_LEN32 = struct.Struct("<L").unpack_from
+_UNPACK_EXPLICIT = struct.Struct("<HH2sH").unpack_from
+
+_memo: dict = {}
+_last_sequence: dict = {}
+_UNPARSED: list = []
+"""Items of an undefined-length sequence skipped as equal to the last one seen."""
+
+
+class _Fallback(Exception):
+    """The file needs the reference reader (the reason is for tests and debugging)."""
+
+
+class _NeedMore(Exception):
+    """The header runs past the bytes read so far."""
+
+
+@cache
+def _public_vr(tag: int) -> str | None:
+    """Dictionary VR of a public tag, None when unknown."""
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
+
+
+@cache
+def _private_vr(tag: int, creator: str | None) -> str:
+    """VR pydicom gives a private tag: LO for creators, the private dictionary's, else UN."""
+    if tag & 0xFFFF < 0x100 and tag & 0xFFFF >= 0x10:
+        return "LO"
+    if creator and tag & 0xFF00:
+        try:
+            return private_dictionary_VR(tag, creator)
+        except KeyError:
+            pass
+    return "UN"
+
+
+@cache
+def _key8(tag: int) -> str:
+    return f"{tag:08X}"
+
+
+class _Level:
+    """One dataset (top level or sequence item): its parsed elements and conversion context."""
+
+    __slots__ = ("elements", "encoding", "charset_key", "implicit", "in_item", "_ds")
+
+    def __init__(self, elements: list, encoding, implicit: bool, in_item: bool = False):
+        self.elements = elements
+        self.encoding = encoding
+        self.charset_key = encoding if isinstance(encoding, str) else tuple(encoding)
+        self.implicit = implicit
+        self.in_item = in_item  # pydicom resolves some VRs of items from their ancestors
+        self._ds = None
+
+
+class _Parser:
+    """Parses a little-endian dataset from ``buf`` into nested element lists (no conversion)."""
+
+    def __init__(self, buf: bytes, complete: bool):
+        self.buf = buf
+        self.complete = complete  # buf holds the whole file
+
+    def short(self):
+        """Data ran out: read more, or it is a cut-off file for the reference reader."""
+        raise _Fallback("value past end of file") if self.complete else _NeedMore()
+
+    def elements(self, pos: int, end: int | None, implicit: bool, top: bool, delimited: bool):
+        """Parse elements from ``pos``; returns ``(elements, pos, pixel_offset)``.
+
+        Each element is ``[tag, vr_bytes_or_None, start, stop, items_or_None]``; ``items``
+        is a list of ``(start, stop, elements)`` for sequences. ``end`` bounds a defined
+        length; ``delimited`` datasets end at an item delimiter; the top level ends at
+        pixel data or the end of the buffer.
+        """
+        buf = self.buf
+        size = len(buf)
+        bound = size if end is None or end > size else end
+        out = []
+        append = out.append
+        last = 0x0002FFFF if top else -1  # a dataset holds no file meta or command elements
+        unpack_implicit, unpack_explicit = _UNPACK_TAG_LEN, _UNPACK_EXPLICIT
+        unpack_len = _UNPACK_LEN32
+        long_vrs, short_vrs = _LONG_VRS, _SHORT_VRS
+        while pos + 8 <= bound:
+            if implicit:
+                group, element, length = unpack_implicit(buf, pos)
+                vr = None
+                start = pos + 8
+            else:
+                group, element, vr, length = unpack_explicit(buf, pos)
+                if vr in short_vrs:
+                    start = pos + 8
+                elif vr in long_vrs:
+                    if pos + 12 > size:
+                        self.short()
+                    (length,) = unpack_len(buf, pos + 8)
+                    start = pos + 12
+                elif group == 0xFFFE:
+                    length = unpack_len(buf, pos + 4)[0]
+                else:
+                    raise _Fallback("unknown VR")
+            tag = group << 16 | element
+            if group >= 0x7FE0:
+                if tag == _ITEM_END:
+                    if not delimited or length:
+                        raise _Fallback("stray item delimiter")
+                    return out, pos + 8, None
+                if top and tag in _PIXEL_TAGS:
+                    return out, pos, pos
+                if group == 0xFFFE:
+                    raise _Fallback("item tag inside a dataset")
+            if tag <= last:
+                raise _Fallback("tags out of order or misplaced")
+            last = tag
+            if length == 0xFFFFFFFF:
+                # the same bytes parse the same way: a sequence equal to the last one seen
+                # under this tag (delimiter included) is skipped and parsed only if needed
+                seen = _last_sequence.get((tag, implicit))
+                if seen is not None and buf.startswith(seen, start):
+                    pos = start + len(seen)
+                    append([tag, vr, start, pos - 8, _UNPARSED])
+                    continue
+                if not self._is_sequence(tag, vr, start, implicit):
+                    raise _Fallback("undefined length outside a sequence")
+                items, pos = self.items(start, None, implicit)
+                _last_sequence[(tag, implicit)] = buf[start:pos]
+                append([tag, vr, start, pos - 8, items])
+                continue
+            pos = start + length
+            append([tag, vr, start, pos, None])
+        if end is not None and pos == end:
+            return out, pos, None
+        if end is None and top and pos == size and self.complete:
+            return out, pos, None
+        if end is not None and pos > end:
+            raise _Fallback("element crosses its item's end")
+        self.short()
+
+    def _is_sequence(self, tag: int, vr: bytes | None, start: int, implicit: bool) -> bool:
+        """Whether an undefined-length element is a sequence, as pydicom decides."""
+        if vr == b"SQ":
+            return True
+        if not implicit:
+            return False  # explicit UN of undefined length: implicit content, rare
+        public = _public_vr(tag)
+        if public is not None:
+            return public == "SQ"
+        if start + 4 > len(self.buf):
+            self.short()
+        group, element = struct.unpack_from("<HH", self.buf, start)
+        return group << 16 | element == _ITEM
+
+    def items(self, pos: int, end: int | None, implicit: bool):
+        """Parse sequence items from ``pos`` to ``end`` (or to a sequence delimiter)."""
+        buf = self.buf
+        items = []
+        while True:
+            if end is not None and pos >= end:
+                if pos != end:
+                    raise _Fallback("item crosses its sequence's end")
+                return items, pos
+            if pos + 8 > len(buf):
+                self.short()
+            group, element, length = _UNPACK_TAG_LEN(buf, pos)
+            tag = group << 16 | element
+            if tag == _SEQ_END and end is None:
+                if length:
+                    raise _Fallback("sequence delimiter with a length")
+                return items, pos + 8
+            if tag != _ITEM:
+                raise _Fallback("not an item inside a sequence")
+            start = pos + 8
+            if not implicit and not self._explicit_item(start, length):
+                raise _Fallback("implicit VR item inside explicit data")
+            if length == 0xFFFFFFFF:
+                elements, pos, _ = self.elements(start, None, implicit, False, True)
+                items.append((start, pos - 8, elements))
+            else:
+                stop = start + length
+                if stop > len(buf):
+                    self.short()
+                elements, pos, _ = self.elements(start, stop, implicit, False, False)
+                items.append((start, stop, elements))
+
+    def _explicit_item(self, start: int, length: int) -> bool:
+        """Pydicom reads an item as implicit VR when its first element's VR is not A-Z."""
+        if length == 0 or start + 6 > len(self.buf):
+            return True
+        if _UNPACK_TAG_LEN(self.buf, start)[:2] == (0xFFFE, 0xE00D):
+            return True
+        a, b = self.buf[start + 4], self.buf[start + 5]
+        return 0x40 < a < 0x5B and 0x40 < b < 0x5B
+
+
+class _Converter:
+    """Turns parsed levels into DICOM JSON text, memoising each element's conversion."""
+
+    def __init__(self, buf: bytes, little: bool = True):
+        self.buf = buf
+        self.little = little
+        self.problems: list[str] = []
+
+    def level_dataset(self, level: _Level, meta: bool = False) -> Dataset:
+        """The level's public elements (sequences included) as a pydicom dataset of raw
+        elements: the context for VRs that depend on other elements, and the header's dataset.
+        """
+        if level._ds is None:
+            elements = [e for e in level.elements if not e[0] & 0x10000]
+            level._ds = self._dataset(level, elements, meta)
+        return level._ds
+
+    def _dataset(self, level: _Level, elements: list, meta: bool = False) -> Dataset:
+        """A pydicom dataset of raw elements with the level's encoding, as pydicom reads one."""
+        buf, implicit = self.buf, level.implicit
+        raw = {}
+        for tag, vr, start, stop, _items in elements:
+            value = buf[start:stop]
+            key = BaseTag(tag)
+            raw[key] = RawDataElement(
+                key, None if vr is None else _vr_text(vr), len(value), value, start, implicit, True
+            )
+        ds = FileMetaDataset(raw) if meta else Dataset(raw, parent_encoding=level.encoding)
+        ds.set_original_encoding(implicit, True, level.encoding)
+        return ds
+
+    def creators(self, level: _Level) -> dict[int, str]:
+        """Private creator of each block (``gggg00xx``) of a level, as pydicom reads it."""
+        buf = self.buf
+        out = {}
+        for tag, _vr, start, stop, items in level.elements:
+            if tag & 0x10000 and 0x10 <= tag & 0xFFFF < 0x100 and items is None:
+                value = buf[start:stop]
+                if b"\\" in value or not value.isascii():
+                    raise _Fallback("unusual private creator")
+                out[tag] = value.decode("ascii").rstrip("\0 ")
+        return out
+
+    def json_text(self, level: _Level, meta: bool = False, prefix: str = "") -> str:
+        """DICOM JSON of one level as compact, key-sorted text; problems go to ``problems``."""
+        buf = self.buf
+        memo = _memo
+        parts = []
+        problems = self.problems
+        creators = None
+        charset, implicit = level.charset_key, level.implicit
+        for element in level.elements:
+            tag, vr, start, stop, items = element
+            creator = None
+            if vr is None or vr == b"UN":
+                if tag & 0x10000:
+                    if creators is None:
+                        creators = self.creators(level)
+                    creator = creators.get(tag >> 16 << 16 | (tag & 0xFF00) >> 8)
+                    resolved = _private_vr(tag, creator)
+                else:
+                    resolved = _public_vr(tag) or ("UL" if tag & 0xFFFF == 0 else "UN")
+                    if vr == b"UN" and (_public_vr(tag) is None or stop - start >= 0xFFFF):
+                        resolved = "UN"
+                if " or " in resolved:
+                    if level.in_item:
+                        raise _Fallback("context-dependent VR inside a sequence item")
+                    # depends on other elements of the dataset: converted every time
+                    hit = self.convert(self.level_dataset(level, meta), tag)
+                    self._emit(parts, tag, hit, prefix)
+                    continue
+                sequence = resolved == "SQ"
+            else:
+                sequence = vr == b"SQ"
+            # an undefined-length sequence reads as a converted element: length 0 for the rule
+            length = 0 if items is not None else stop - start
+            if (length > 1024 or tag >= 0x60000000) and _is_bulk(
+                tag, None if vr is None else _vr_text(vr), length
+            ):
+                continue
+            value = buf[start:stop]
+            if items is not None or sequence:
+                key = (tag, vr, value, charset, implicit, "SQ")
+                hit = memo.get(key)
+                if hit is None:
+                    if items is _UNPARSED:
+                        items, _ = _Parser(buf, True).items(start, None, implicit)
+                    elif items is None:
+                        if not implicit and vr != b"SQ":
+                            raise _Fallback("explicit UN holding a sequence")
+                        items, _ = _Parser(buf, True).items(start, stop, implicit)
+                    hit = memo[key] = self.sequence(tag, items, level)
+            else:
+                key = (tag, vr, value, charset, creator, implicit)
+                hit = memo.get(key)
+                if hit is None:
+                    context = [element]
+                    if creator is not None:
+                        block = tag >> 16 << 16 | (tag & 0xFF00) >> 8
+                        context = [e for e in level.elements if e[0] == block] + context
+                    ds = self._dataset(level, context, meta)
+                    hit = memo[key] = self.convert(ds, tag)
+            text, failed = hit
+            if text is not None:
+                parts.append(f'"{_key8(tag)}":{text}')
+            if failed:
+                problems.extend((prefix + p)[:300] for p in failed)
+        if len(memo) > MEMO_LIMIT:
+            memo.clear()
+            _last_sequence.clear()
+        return "{" + ",".join(parts) + "}"
+
+    def _emit(self, parts: list, tag: int, hit: tuple, prefix: str) -> None:
+        text, failed = hit
+        if text is not None:
+            parts.append(f'"{_key8(tag)}":{text}')
+        self.problems.extend((prefix + p)[:300] for p in failed)
+
+    def sequence(self, tag: int, items: list, parent: _Level) -> tuple[str, tuple]:
+        """JSON text of a sequence element and its problems relative to the parent level."""
+        key8 = _key8(tag)
+        outer = self.problems
+        texts, problems = [], []
+        for index, (_start, _stop, elements) in enumerate(items):
+            level = _Level(
+                elements, _encoding(self.buf, elements, parent.encoding), parent.implicit, True
+            )
+            self.problems = []
+            texts.append(self.json_text(level))
+            problems += [f"{key8}[{index}]." + p for p in self.problems]
+        self.problems = outer
+        text = '{"Value":[' + ",".join(texts) + '],"vr":"SQ"}' if texts else '{"vr":"SQ"}'
+        return text, tuple(problems)
+
+    @staticmethod
+    def convert(ds: Dataset, tag: int) -> tuple[str | None, tuple]:
+        """Convert one element of ``ds`` with pydicom, by the reference rules (dicom_json)."""
+        problems: list[str] = []
+        entry = element_entry(ds, BaseTag(tag), problems)
+        if entry is None:
+            return None, tuple(problems)
+        try:
+            text = json.dumps(entry, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            # the reference drops elements that standard JSON cannot hold, with this message
+            problems = []
+            element_entry(ds, BaseTag(tag), problems, check=True)
+            return None, tuple(problems)
+        except TypeError as exc:
+            raise _Fallback("element the reference cannot serialise") from exc
+        return text, ()
+
+
+def _syntax(meta_level: _Level, buf: bytes) -> bool:
+    """Whether the dataset is implicit VR; _Fallback for syntaxes left to the reference."""
+    for tag, _vr, start, stop, _items in meta_level.elements:
+        if tag == 0x00020010:
+            uid = UID(buf[start:stop].decode("ascii", "replace").strip("\0 "))
+            break
+    else:
+        raise _Fallback("no transfer syntax")
+    if uid == "1.2.840.10008.1.2":
+        return True
+    if uid in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99") or uid.is_deflated:
+        raise _Fallback("big endian or deflated")
+    if uid.is_transfer_syntax and (uid.is_implicit_VR or not uid.is_little_endian):
+        raise _Fallback("uncommon syntax")
+    return False
+
+
+def _parse(buf: bytes, complete: bool):
+    """Parse file meta and dataset; returns ``(meta level, dataset level, stop offset)``."""
+    if len(buf) < 132 or buf[128:132] != b"DICM":
+        raise _Fallback("no preamble")
+    parser = _Parser(buf, complete)
+    meta_elements, pos = _meta_elements(parser)
+    meta = _Level(meta_elements, default_encoding, False)
+    implicit = _syntax(meta, buf)
+    if pos + 6 <= len(buf):
+        a, b = buf[pos + 4], buf[pos + 5]
+        if (0x40 < a < 0x5B and 0x40 < b < 0x5B) == implicit:
+            group = struct.unpack_from("<H", buf, pos)[0]
+            if group != 0x7FE0:
+                raise _Fallback("dataset encoding differs from the transfer syntax")
+    elements, pos, pixel = parser.elements(pos, None, implicit, True, False)
+    if not elements:
+        raise _Fallback("empty dataset")
+    top = _Level(elements, _encoding(buf, elements, default_encoding), implicit)
+    return meta, top, pos if pixel is None else pixel
+
+
+def _encoding(buf: bytes, elements: list, inherited):
+    """Character set of a dataset: its own (0008,0005), else the one it inherits."""
+    for tag, _vr, start, stop, _items in elements:
+        if tag == _CHARSET:
+            return convert_encodings(convert_string(buf[start:stop] or b"", True))
+        if tag > _CHARSET:
+            break
+    return inherited
+
+
+@cache
+def _vr_text(vr: bytes) -> str:
+    return vr.decode("ascii")
+
+
+def _meta_elements(parser: _Parser):
+    """Group 0002 elements (explicit VR little endian) after the preamble."""
+    buf = parser.buf
+    pos = 132
+    out = []
+    last = -1
+    while pos + 8 <= len(buf):
+        group, element = struct.unpack_from("<HH", buf, pos)
+        if group != 2:
+            break
+        tag = group << 16 | element
+        vr = buf[pos + 4 : pos + 6]
+        if vr in _LONG_VRS and vr not in (b"SQ", b"UN"):
+            (length,) = _UNPACK_LEN32(buf, pos + 8)
+            start = pos + 12
+        elif vr in _SHORT_VRS:
+            length = buf[pos + 6] | buf[pos + 7] << 8
+            start = pos + 8
+        else:
+            raise _Fallback("unusual file meta")
+        if tag <= last or length == 0xFFFFFFFF or start + length > len(buf):
+            raise _Fallback("unusual file meta")
+        last = tag
+        out.append([tag, vr, start, start + length, None])
+        pos = start + length
+    if not out:
+        raise _Fallback("no file meta")
+    return out, pos
+
+
+def read_header_fast(path: str | os.PathLike):
+    """Read a header the fast way; ``(HeaderRead, json_text, problems)`` or None to fall back.
+
+    The ``HeaderRead`` equals :func:`dicom_io.read_header`'s except that its dataset holds
+    only the public top-level elements (raw; pydicom converts them on access), and
+    ``json_text, problems`` equal :func:`dicom_json.header_json` of the whole header.
+    """
+    try:
+        size = os.path.getsize(path)
+        with dicom_io.open_binary(path) as fh:
+            buf = fh.read(min(size, INITIAL_READ))
+            while True:
+                complete = len(buf) >= size
+                try:
+                    meta, top, stop = _parse(buf, complete)
+                    break
+                except _NeedMore:
+                    buf += fh.read(len(buf) * 3)
+            converter = _Converter(buf)
+            meta_text = converter.json_text(meta, meta=True)
+            ds_text = converter.json_text(top)
+            dataset = converter.level_dataset(top)
+            dataset.file_meta = converter.level_dataset(meta, meta=True)
+            fh.seek(stop)
+            header = dicom_io._with_pixel_facts(dataset, fh, size)
+    except Exception:  # noqa: BLE001 - anything unusual is the reference reader's to judge
+        return None
+    if meta_text == "{}":
+        text = ds_text
+    elif ds_text == "{}":
+        text = meta_text
+    else:
+        text = meta_text[:-1] + "," + ds_text[1:]
+    return header, text, converter.problems
