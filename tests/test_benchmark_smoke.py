@@ -16,7 +16,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import build_study  # noqa: E402 - lives in tests/benchmarks/
 import run_benchmark  # noqa: E402
 
-TINY = 110  # demo: one MR (35) + one CT (20) series, twice; vendor: Toshiba and Siemens copies
+TINY = 55  # demo: one MR (35) + one CT (20) series; vendor: Toshiba (40) + 2 Siemens (13)
 LINKED = 250
 VENDORS = ("GE", "Philips", "Toshiba", "Siemens")
 
@@ -239,17 +239,18 @@ def test_benchmark_runs_at_a_tiny_size_and_writes_consistent_tables(tmp_path, ca
         row = by_stage[stage]
         wall, rate = float(row["wall_s"]), float(row["files_per_s"])
         assert wall > 0
-        assert rate == pytest.approx(n / wall, rel=1e-2)
+        # The TSV rounds to 3 decimals: files/s lies within what that rounding allows.
+        assert n / (wall + 0.0006) - 0.0006 <= rate <= n / max(wall - 0.0006, 1e-6) + 0.0006
         naive, plain = (
             float(by_stage["naive"]["files_per_s"]),
             float(by_stage["pydicom-loop"]["files_per_s"]),
         )
-        assert float(row["ratio_vs_naive"]) == pytest.approx(rate / naive, rel=1e-2)
-        assert float(row["ratio_vs_pydicom"]) == pytest.approx(rate / plain, rel=1e-2)
+        assert float(row["ratio_vs_naive"]) == pytest.approx(rate / naive, rel=1e-2, abs=1e-3)
+        assert float(row["ratio_vs_pydicom"]) == pytest.approx(rate / plain, rel=1e-2, abs=1e-3)
 
     workflow, metadata = int(by_stage["workflow"]["jobs"]), int(by_stage["metadata"]["jobs"])
     assert 2 <= metadata < workflow
-    assert 1 <= int(by_stage["add-series"]["jobs"]) < workflow
+    assert 1 <= int(by_stage["add-series"]["jobs"]) <= workflow  # all of them at a tiny size
     assert int(by_stage["no-change"]["jobs"]) == 0
     full_wall = float(by_stage["workflow"]["wall_s"])
     for stage in ("add-series", "no-change"):

@@ -71,8 +71,9 @@ def derived_uid(*parts: object) -> str:
     return "2.25." + str(int.from_bytes(digest[:16], "big"))
 
 
-def vendor_templates(vendor_root: Path = VENDOR_MR) -> list[Template]:
+def vendor_templates(vendor_root: Path | None = None) -> list[Template]:
     """The vendor series present under ``vendor_root``, in :data:`VENDOR_SERIES` order."""
+    vendor_root = VENDOR_MR if vendor_root is None else vendor_root
     found = [Template(vendor, vendor_root / name) for vendor, name in VENDOR_SERIES]
     return [t for t in found if t.folder.is_dir()]
 
@@ -82,15 +83,15 @@ def demo_templates() -> list[Template]:
     return [Template("demo", folder) for folder in DEMO_SERIES]
 
 
-def resolve_source(source: str, vendor_root: Path = VENDOR_MR) -> str:
+def resolve_source(source: str, vendor_root: Path | None = None) -> str:
     """The source actually used: ``demo`` (with a warning) when vendor series are missing.
 
     Parameters
     ----------
     source : str
         One of :data:`SOURCES`.
-    vendor_root : Path
-        Folder holding the vendor series.
+    vendor_root : Path, optional
+        Folder holding the vendor series (default :data:`VENDOR_MR`).
 
     Returns
     -------
@@ -106,14 +107,14 @@ def resolve_source(source: str, vendor_root: Path = VENDOR_MR) -> str:
     if missing:
         log.warning(
             "vendor series missing under %s (%s): building from the demo study instead",
-            vendor_root,
+            VENDOR_MR if vendor_root is None else vendor_root,
             ", ".join(missing),
         )
         return "demo"
     return source
 
 
-def templates(source: str, vendor_root: Path = VENDOR_MR) -> list[Template]:
+def templates(source: str, vendor_root: Path | None = None) -> list[Template]:
     """The series a study of ``source`` is built from (see :func:`resolve_source`)."""
     source = resolve_source(source, vendor_root)
     vendor = vendor_templates(vendor_root) if source != "demo" else []
@@ -155,7 +156,7 @@ def plan(series_sizes: Sequence[int], n_files: int) -> list[int]:
     return order
 
 
-def composition(n_files: int, source: str, vendor_root: Path = VENDOR_MR) -> dict[str, int]:
+def composition(n_files: int, source: str, vendor_root: Path | None = None) -> dict[str, int]:
     """Files per vendor in a study of ``n_files`` built from ``source``, without writing."""
     chosen = templates(source, vendor_root)
     sizes = [len(t.files()) for t in chosen]
@@ -213,7 +214,7 @@ def build(
     n_files: int,
     source: str = "vendor",
     series_per_study: int = 4,
-    vendor_root: Path = VENDOR_MR,
+    vendor_root: Path | None = None,
 ) -> int:
     """Write about ``n_files`` files (whole series only) under ``out``; returns files written.
 
@@ -227,8 +228,8 @@ def build(
         ``vendor``, ``demo`` or ``mixed`` (see :func:`resolve_source`).
     series_per_study : int
         Copies grouped under one subject and StudyInstanceUID.
-    vendor_root : Path
-        Folder holding the vendor series.
+    vendor_root : Path, optional
+        Folder holding the vendor series (default :data:`VENDOR_MR`).
 
     Returns
     -------
@@ -251,7 +252,7 @@ def build(
     return written
 
 
-def add_series(study: Path, source: str = "vendor", vendor_root: Path = VENDOR_MR) -> Path:
+def add_series(study: Path, source: str = "vendor", vendor_root: Path | None = None) -> Path:
     """Add one new series folder to a built study (a fresh-UID copy of the Toshiba series).
 
     The demo MR series is copied instead when the source is ``demo`` (or falls back to it).
@@ -262,8 +263,8 @@ def add_series(study: Path, source: str = "vendor", vendor_root: Path = VENDOR_M
         A study made by :func:`build`.
     source : str
         The source the study was built from.
-    vendor_root : Path
-        Folder holding the vendor series.
+    vendor_root : Path, optional
+        Folder holding the vendor series (default :data:`VENDOR_MR`).
 
     Returns
     -------
