@@ -2,16 +2,27 @@
 
 Errors are complete only now: pixel decoding in the slice stage adds
 ``undecodable_pixels`` rows to the header errors found while extracting.
+
+This is also where a rerun drops what the study and settings no longer produce: every
+file under ``slices/``, ``thumbnails/`` and ``contact_sheets/`` that the final tables do
+not list (series removed, merged into another key, left without decodable pixels),
+per-series caches of series that are gone, and the work files of batches that no
+longer exist. The results then hold what a fresh run would write.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 import table_schema
 from render_thumbnails import THUMBNAILS_SCHEMA
@@ -40,6 +51,73 @@ def errors_table(error_parts: Sequence[str]) -> pa.Table:
     return table_schema.sorted_errors(read_parts(error_parts, table_schema.ERRORS_SCHEMA))
 
 
+OUTPUT_FOLDERS = ("slices", "thumbnails", "contact_sheets")
+"""Result folders holding only files the final tables (and the sheets tables) list."""
+
+CACHE_STAGES = ("save_slices", "render_thumbnails", "make_contact_sheets")
+"""Per-series cache folders under ``_work/cache/``, one ``<series_key>.json`` per series."""
+
+BATCH_OUTPUT = re.compile(r"batch_(\d+)(?:\..*)?")
+"""Name of a batch's work file or folder under ``_work/{slices,thumbnails,sheets}``."""
+
+
+def listed_outputs(slices: pa.Table, sheet_parts: Sequence[str]) -> set[str]:
+    """Result-relative paths of every array, thumbnail and sheet the run produced."""
+    listed = set(slices.column("npy_path").to_pylist()) | set(slices.column("png_path").to_pylist())
+    for part in sheet_parts:
+        listed.update(pq.read_table(part, columns=["sheet_path"]).column(0).to_pylist())
+    listed.discard(None)
+    return listed
+
+
+def remove_unlisted(results: Path, listed: set[str]) -> list[str]:
+    """Delete files under the output folders not in ``listed`` and folders left empty.
+
+    Returns the removed files' result-relative paths, sorted.
+    """
+    removed = []
+    for folder in OUTPUT_FOLDERS:
+        root = results / folder
+        for dirpath, _, filenames in os.walk(root, topdown=False):
+            for name in filenames:
+                path = Path(dirpath) / name
+                relative = path.relative_to(results).as_posix()
+                if relative not in listed:
+                    path.unlink()
+                    removed.append(relative)
+            if Path(dirpath) != root and not os.listdir(dirpath):
+                os.rmdir(dirpath)
+    return sorted(removed)
+
+
+def remove_stale_work(results: Path, series_keys: set[str], batches: Iterable[int]) -> int:
+    """Drop per-series caches of series not in ``series_keys`` and the work files of
+    batches not in ``batches``; returns how many files and folders were removed.
+    """
+    removed = 0
+    for stage in CACHE_STAGES:
+        folder = results / "_work" / "cache" / stage
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if path.suffix == ".json" and path.stem not in series_keys:
+                    path.unlink()
+                    removed += 1
+    batches = set(batches)
+    for stage in ("slices", "thumbnails", "sheets"):
+        folder = results / "_work" / stage
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            match = BATCH_OUTPUT.fullmatch(path.name)
+            if match and int(match.group(1)) not in batches:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed += 1
+    return removed
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--manifests", nargs="*", default=[])
@@ -47,6 +125,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--error-parts", nargs="*", default=[])
     parser.add_argument("--slices", required=True)
     parser.add_argument("--errors", required=True)
+    parser.add_argument(
+        "--results", type=Path, help="results folder: remove outputs the tables do not list"
+    )
+    parser.add_argument(
+        "--sheets", nargs="*", help="every batch's sheets table (needed with --results)"
+    )
+    parser.add_argument("--series", help="series.parquet: whose caches and batches are kept")
     return parser.parse_args(argv)
 
 
@@ -59,6 +144,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     table_schema.write_table(slices, args.slices)
     table_schema.write_table(errors, args.errors)
     log.info("%d slices, %d error rows", slices.num_rows, errors.num_rows)
+    if args.results is not None and args.sheets is not None:
+        removed = remove_unlisted(args.results, listed_outputs(slices, args.sheets))
+        log.info("%d output file(s) no longer produced were removed", len(removed))
+        for path in removed:
+            log.debug("removed %s", path)
+        if args.series:
+            series = pq.read_table(args.series, columns=["series_key", "batch"])
+            keys = set(series.column("series_key").to_pylist())
+            batches = set(series.column("batch").drop_null().to_pylist())
+            stale = remove_stale_work(args.results, keys, batches)
+            log.info("%d stale cache or work file(s) removed", stale)
     return 0
 
 

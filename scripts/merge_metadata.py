@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import json
 import logging
 import os
 import posixpath
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -458,15 +460,43 @@ def merge_tables(instance_parts, error_parts, extra_keywords=(), series_per_batc
     return light, headers, series, errors, key_by_path
 
 
+def read_stamps(shard_lists: Sequence[str]) -> dict[str, str]:
+    """Each file's stamp from the scan's shard lists, by path, as one string.
+
+    The stamp (size, mtime, ctime, inode) changes when a file is rewritten, even at the
+    same size with its mtime set back, or replaced by another; carried into the batch
+    work lists, it makes Snakemake redo the batches whose files changed although their
+    headers did not. It never enters the metadata tables, which depend on content only.
+    """
+    stamps = {}
+    for shard_list in shard_lists:
+        with open(shard_list, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    entry = json.loads(line)
+                    fields = ("file_size", "mtime_ns", "ctime_ns", "inode")
+                    stamps[entry["path"]] = ":".join(str(entry.get(f)) for f in fields)
+    return stamps
+
+
 def batch_tables(
-    light: pa.Table, headers: dict[str, str], series: pa.Table
+    light: pa.Table,
+    headers: dict[str, str],
+    series: pa.Table,
+    stamps: dict[str, str] | None = None,
 ) -> dict[int, tuple[pa.Table, pa.Table]]:
-    """Per batch: its series rows and the instance columns its slices need."""
+    """Per batch: its series rows and the instance columns its slices need.
+
+    With ``stamps`` (path → file stamp) the instances get a ``file_stamp`` column.
+    """
     out = {}
     batches = sorted(set(series.column("batch").drop_null().to_pylist()))
     paths = light.column("path").to_pylist()
     header_column = pa.array([headers.get(p) for p in paths], pa.string())
     columns = light.select(BATCH_INSTANCE_COLUMNS[:-1]).append_column("header_json", header_column)
+    if stamps is not None:
+        stamp_column = pa.array([stamps.get(p) for p in paths], pa.string())
+        columns = columns.append_column("file_stamp", stamp_column)
     for batch in batches:
         batch_series = series.filter(pc.equal(series.column("batch"), batch))
         keys = batch_series.column("series_key")
@@ -475,16 +505,31 @@ def batch_tables(
     return out
 
 
+BATCH_FILE = re.compile(r"batch_(\d+)\.(?:series|instances)\.parquet(?:\.tmp)?")
+
+
 def write_batches(
-    light: pa.Table, headers: dict[str, str], series: pa.Table, folder: str
+    light: pa.Table,
+    headers: dict[str, str],
+    series: pa.Table,
+    folder: str,
+    stamps: dict[str, str] | None = None,
 ) -> list[int]:
-    """Write each batch's work lists, rewriting only those whose content changed."""
+    """Write each batch's work lists, rewriting only those whose content changed.
+
+    Work lists of batches that no longer exist are removed, so a batch number that
+    comes back gets new lists (and its jobs rerun) rather than an old list's time.
+    """
     os.makedirs(folder, exist_ok=True)
-    tables = batch_tables(light, headers, series)
+    tables = batch_tables(light, headers, series, stamps)
     for batch, (batch_series, batch_instances) in tables.items():
         for kind, table in (("series", batch_series), ("instances", batch_instances)):
             target = os.path.join(folder, f"batch_{batch}.{kind}.parquet")
             write_if_changed(target, table_schema.table_bytes(table))
+    for name in os.listdir(folder):
+        match = BATCH_FILE.fullmatch(name)
+        if match and int(match.group(1)) not in tables:
+            os.unlink(os.path.join(folder, name))
     return sorted(tables)
 
 
@@ -498,6 +543,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--series", required=True)
     parser.add_argument("--errors", required=True)
     parser.add_argument("--batch-dir", help="folder for per-batch work lists (write-if-changed)")
+    parser.add_argument(
+        "--shard-lists", nargs="*", help="the scan's shard lists: file stamps for the work lists"
+    )
     return parser.parse_args(argv)
 
 
@@ -514,7 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     table_schema.write_table(series, args.series)
     table_schema.write_table(errors, args.errors)
     if args.batch_dir:
-        write_batches(light, headers, series, args.batch_dir)
+        stamps = read_stamps(args.shard_lists) if args.shard_lists is not None else None
+        write_batches(light, headers, series, args.batch_dir, stamps)
     log.info(
         "%d instances in %d series/stacks; %d error rows",
         light.num_rows,

@@ -2,8 +2,11 @@
 
 A file's shard is a hash of its folder (a series folder stays in one shard), and the
 shard count is a power of two, so files keep their shard as a study grows (until the
-count doubles). A shard list is rewritten only when its content (paths, sizes,
-modification times) changed, so Snakemake re-extracts only shards that changed.
+count doubles). A shard list is rewritten only when its content changed, so Snakemake
+re-extracts only shards that changed. Each file is listed with its stamp (size, mtime,
+ctime and inode, see :func:`series_cache.stamp`), so pixels rewritten in place at the
+same size, even with the mtime set back, still change the list; the merge carries the
+stamps into the per-batch work lists, so the batches holding such files are redone.
 """
 
 from __future__ import annotations
@@ -18,19 +21,24 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from series_cache import stamp
 from sharding import bucket_count, stable_bucket, write_if_changed
 
 log = logging.getLogger("scan_study")
 
+ENTRY_FIELDS = ("path", "file_size", "mtime_ns", "ctime_ns", "inode")
+"""Keys of a shard list line, in the order of the entries :func:`walk_files` returns."""
 
-def walk_files(study: Path) -> list[tuple[str, int, int]]:
-    """``(relative posix path, size, mtime_ns)`` of every regular file, sorted by path.
+
+def walk_files(study: Path) -> list[tuple[str, int, int, int, int]]:
+    """``(relative posix path, size, mtime_ns, ctime_ns, inode)`` of every regular file,
+    sorted by path.
 
     Symlinks to files are listed like files; symlinked folders are not followed,
     which also keeps symlink loops from running forever.
     """
     unreadable: list[str] = []
-    files: list[tuple[str, int, int]] = []
+    files: list[tuple[str, int, int, int, int]] = []
 
     def onerror(exc: OSError) -> None:
         unreadable.append(exc.filename)
@@ -46,7 +54,7 @@ def walk_files(study: Path) -> list[tuple[str, int, int]]:
             if not stat.S_ISREG(info.st_mode):
                 continue
             relative = Path(os.path.relpath(full, study)).as_posix()
-            files.append((relative, info.st_size, info.st_mtime_ns))
+            files.append((relative, *stamp(info)))
     if unreadable:
         log.warning("%d folder(s) could not be listed (permission denied?)", len(unreadable))
     return sorted(files)
@@ -90,9 +98,7 @@ def write_shards(shards: dict[int, list], out_dir: Path) -> list[str]:
     ids = [f"{index:04d}" for index in sorted(shards)]
     for shard_id, index in zip(ids, sorted(shards), strict=True):
         lines = "".join(
-            json.dumps({"path": e[0], "file_size": e[1], "mtime_ns": e[2] if len(e) > 2 else None})
-            + "\n"
-            for e in shards[index]
+            json.dumps(dict(zip(ENTRY_FIELDS, e, strict=False))) + "\n" for e in shards[index]
         )
         write_if_changed(out_dir / f"shard_{shard_id}.jsonl", lines.encode("utf-8"))
     for stale in out_dir.glob("shard_*.jsonl"):

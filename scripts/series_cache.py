@@ -51,13 +51,23 @@ def store(folder: Path, key: str, fingerprint_: str, payload: dict) -> None:
     os.replace(tmp, target)
 
 
+def stamp(info: os.stat_result) -> tuple[int, int, int, int]:
+    """``(size, mtime_ns, ctime_ns, inode)`` of a file's stat.
+
+    Size alone misses pixels rewritten in place, and a scrubber may restore the mtime
+    with ``os.utime``; the ctime cannot be set back that way, and a file replaced by
+    another (renamed over it, copied in) has a new inode.
+    """
+    return (info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino)
+
+
 def stamps(files) -> list | None:
-    """``(file, size, mtime_ns)`` of each file; None when one is missing."""
+    """``(file, size, mtime_ns, ctime_ns, inode)`` of each file; None when one is missing."""
     out = []
     for path in files:
         try:
             info = os.stat(path)
         except OSError:
             return None
-        out.append((os.fspath(path), info.st_size, info.st_mtime_ns))
+        out.append((os.fspath(path), *stamp(info)))
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -154,3 +155,95 @@ class TestMain:
         metadata = finalized["results"] / "metadata"
         for name, path in paths.items():
             assert path.read_bytes() == (metadata / f"{name}.parquet").read_bytes(), name
+
+
+def touch(results, *paths) -> None:
+    for path in paths:
+        target = results / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(b"x")
+
+
+def files_under(results) -> set[str]:
+    return {p.relative_to(results).as_posix() for p in results.rglob("*") if p.is_file()}
+
+
+class TestRemoveUnlisted:
+    LISTED = {
+        "slices/aaa/acquired_0.npy",
+        "thumbnails/aaa/acquired_0.png",
+        "contact_sheets/aaa.png",
+    }
+    UNLISTED = {
+        "slices/aaa/acquired_1.npy",  # a slice no longer selected
+        "slices/gone/acquired_0.npy",  # a series removed from the study
+        "thumbnails/gone/acquired_0.png",
+        "thumbnails/aaa/acquired_0.png.tmp",  # left by a killed job
+        "contact_sheets/gone.png",
+    }
+
+    def test_only_listed_files_stay_and_emptied_series_folders_go(self, tmp_path):
+        touch(tmp_path, *self.LISTED, *self.UNLISTED, "metadata/series.parquet", "index.html")
+        removed = finalize_tables.remove_unlisted(tmp_path, set(self.LISTED))
+        assert removed == sorted(self.UNLISTED)
+        assert files_under(tmp_path) == self.LISTED | {"metadata/series.parquet", "index.html"}
+        assert not (tmp_path / "slices" / "gone").exists()
+        assert not (tmp_path / "thumbnails" / "gone").exists()
+        assert (tmp_path / "contact_sheets").is_dir()
+
+    def test_missing_output_folders_are_no_error(self, tmp_path):
+        assert finalize_tables.remove_unlisted(tmp_path, set()) == []
+
+
+class TestRemoveStaleWork:
+    def test_caches_of_gone_series_and_work_of_gone_batches_are_removed(self, tmp_path):
+        kept = {
+            "_work/cache/save_slices/aaa.json",
+            "_work/cache/make_contact_sheets/aaa.json",
+            "_work/slices/batch_1.parquet",
+            "_work/slices/batch_1.errors.parquet",
+            "_work/thumbnails/batch_1.parquet",
+            "_work/sheets/batch_1.parquet",
+            "_work/sheets/batch_1/aaa.png",
+            "_work/batches/batch_3.series.parquet",  # the merge's to remove, not this step's
+        }
+        stale = {
+            "_work/cache/save_slices/gone.json",
+            "_work/cache/render_thumbnails/gone.json",
+            "_work/slices/batch_3.parquet",
+            "_work/slices/batch_3.errors.parquet",
+            "_work/thumbnails/batch_3.parquet",
+            "_work/sheets/batch_3.parquet",
+        }
+        touch(tmp_path, *kept, *stale, "_work/sheets/batch_3/gone.png")
+        removed = finalize_tables.remove_stale_work(tmp_path, {"aaa"}, [1])
+        assert removed == len(stale) + 1  # the batch_3 report folder counts once
+        assert files_under(tmp_path) == kept
+
+
+class TestCleanup:
+    """main with --results removes what the final tables and sheets do not list."""
+
+    def test_unlisted_outputs_are_removed_and_listed_ones_kept(self, finalized, tmp_path):
+        results = finalized["results"]
+        slices = finalized["slices"].to_pylist()
+        listed = {r["npy_path"] for r in slices} | {r["png_path"] for r in slices}
+        sheets = tmp_path / "sheets.parquet"
+        key = slices[0]["series_key"]
+        table_schema.write_table(
+            pa.table({"series_key": [key], "sheet_path": [f"contact_sheets/{key}.png"]}),
+            str(sheets),
+        )
+        touch(results, f"contact_sheets/{key}.png", "contact_sheets/gone.png")
+        touch(results, "slices/gone/acquired_0.npy", "thumbnails/gone/acquired_0.png")
+        args = ["--manifests", *finalized["manifests"], "--thumbnails", *finalized["thumbnails"]]
+        args += ["--error-parts", *finalized["error_parts"]]
+        args += ["--slices", str(tmp_path / "s.parquet"), "--errors", str(tmp_path / "e.parquet")]
+        assert (
+            finalize_tables.main([*args, "--results", str(results), "--sheets", str(sheets)]) == 0
+        )
+        outputs = {
+            p for p in files_under(results) if p.split("/")[0] in finalize_tables.OUTPUT_FOLDERS
+        }
+        assert outputs == listed | {f"contact_sheets/{key}.png"}
+        assert not (results / "slices" / "gone").exists()

@@ -4,6 +4,7 @@ on small study folders built from copies of the real demo files.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -343,3 +344,63 @@ class TestRepeatedPositions:
         instances = pq.read_table(tables["instances"]).to_pylist()
         first = {r["series_key"] for r in instances if r["path"].startswith("fmri/t1_")}
         assert len(first) == 1  # each time point is one stack
+
+
+class TestBatchWorkLists:
+    """The per-batch work lists carry each file's stamp; instances.parquet does not."""
+
+    @staticmethod
+    def merge(study: Path, out: Path, spb: int = 1) -> dict[str, bytes]:
+        """Scan, extract, merge with the shard lists; the work lists' bytes by name."""
+        scan = out / "scan"
+        assert scan_study.main(["--study", str(study), "--out-dir", str(scan)]) == 0
+        (shard,) = sorted(scan.glob("shard_*.jsonl"))
+        i, e = out / "i.parquet", out / "e.parquet"
+        args = ["--study", str(study), "--shard", str(shard), "--instances", str(i)]
+        assert extract_metadata.main([*args, "--errors", str(e)]) == 0
+        args = ["--instance-parts", str(i), "--error-parts", str(e)]
+        args += ["--instances", str(out / "instances.parquet"), "--series", str(out / "s.parquet")]
+        args += ["--errors", str(out / "errors.parquet"), "--batch-dir", str(out / "batches")]
+        args += ["--series-per-batch", str(spb), "--shard-lists", str(shard)]
+        assert merge_metadata.main(args) == 0
+        return {p.name: p.read_bytes() for p in sorted((out / "batches").iterdir())}
+
+    def test_work_lists_hold_the_stamp_the_scan_listed(self, study, mr_folder, tmp_path):
+        self.merge(study, tmp_path / "out")
+        (instances,) = (tmp_path / "out" / "batches").glob("*.instances.parquet")
+        rows = pq.read_table(instances).to_pylist()
+        assert len(rows) == len(MR_FILES)
+        for row in rows:
+            info = (study / row["path"]).stat()
+            assert row["file_stamp"] == (
+                f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}"
+            )
+        assert "file_stamp" not in pq.read_schema(tmp_path / "out" / "instances.parquet").names
+
+    def test_pixels_changed_with_mtime_restored_change_only_that_batch(
+        self, study, mr_folder, tmp_path
+    ):
+        copy_files(CT_FILES[:3], study / "ct")
+        out = tmp_path / "out"
+        before = self.merge(study, out)
+        metadata = (out / "instances.parquet").read_bytes()
+        target = mr_folder / MR_MIDDLE
+        info = target.stat()
+        data = bytearray(target.read_bytes())
+        data[-64:] = bytes(255 - b for b in data[-64:])
+        target.write_bytes(bytes(data))
+        os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
+        after = self.merge(study, out)
+        changed = sorted(name for name in before if before[name] != after[name])
+        assert len(changed) == 1 and changed[0].endswith(".instances.parquet")
+        assert (out / "instances.parquet").read_bytes() == metadata
+
+    def test_work_lists_of_batches_that_are_gone_are_removed(self, study, mr_folder, tmp_path):
+        copy_files(CT_FILES[:3], study / "ct")
+        out = tmp_path / "out"
+        two = self.merge(study, out)
+        assert len(two) == 4  # two batches, a series and an instances list each
+        shutil.rmtree(study / "ct")
+        one = self.merge(study, out)
+        assert len(one) == 2
+        assert set(one) < set(two)

@@ -51,7 +51,7 @@ def walk(folder) -> list[tuple[str, int]]:
     """walk_files in a worker thread, failing instead of hanging forever."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         found = pool.submit(lambda: list(scan_study.walk_files(folder))).result(WALK_TIMEOUT_S)
-    return [(path, size) for path, size, _ in found]
+    return [(path, size) for path, size, *_ in found]
 
 
 def unusable_study(tmp_path, kind: str):
@@ -189,6 +189,75 @@ class TestWriteShards:
         assert scan_study.scan(study, out, 40) == ids  # 140 files: still 4 shards
         after = {p.name: p.read_bytes() for p in out.iterdir()}
         assert sum(before[name] != after[name] for name in before) == 1
+
+
+class TestStamps:
+    """A shard list changes whenever a file's bytes may have, not only when its size does."""
+
+    @pytest.fixture
+    def scanned(self, tmp_path):
+        study = tmp_path / "study"
+        shutil.copytree(demo.MR_SERIES, study / "mr")
+        out = tmp_path / "scan"
+        scan_study.scan(study, out, 40)
+        return study, out
+
+    @staticmethod
+    def lists(out) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+    def test_each_entry_holds_size_mtime_ctime_and_inode_from_stat(self, scanned):
+        study, out = scanned
+        (shard,) = sorted(out.iterdir())
+        entry = json.loads(shard.read_text(encoding="utf-8").splitlines()[0])
+        info = os.stat(study / entry["path"])
+        assert entry == {
+            "path": entry["path"],
+            "file_size": info.st_size,
+            "mtime_ns": info.st_mtime_ns,
+            "ctime_ns": info.st_ctime_ns,
+            "inode": info.st_ino,
+        }
+
+    def test_pixels_rewritten_at_the_same_size_with_the_mtime_restored_change_the_list(
+        self, scanned
+    ):
+        study, out = scanned
+        before = self.lists(out)
+        target = sorted((study / "mr").iterdir())[3]
+        info = target.stat()
+        data = bytearray(target.read_bytes())
+        data[-100:] = bytes(255 - b for b in data[-100:])
+        target.write_bytes(bytes(data))
+        os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns))
+        assert (target.stat().st_size, target.stat().st_mtime_ns) == (
+            info.st_size,
+            info.st_mtime_ns,
+        )
+        scan_study.scan(study, out, 40)
+        assert self.lists(out) != before
+
+    def test_a_file_replaced_by_a_copy_of_another_of_the_same_size_changes_the_list(self, scanned):
+        study, out = scanned
+        before = self.lists(out)
+        by_size: dict[int, list] = {}
+        for path in sorted((study / "mr").iterdir()):
+            by_size.setdefault(path.stat().st_size, []).append(path)
+        first, second = next(paths for paths in by_size.values() if len(paths) > 1)[:2]
+        info = first.stat()
+        shutil.copy(second, study / "replacement")
+        os.utime(study / "replacement", ns=(info.st_atime_ns, info.st_mtime_ns))
+        os.replace(study / "replacement", first)
+        scan_study.scan(study, out, 40)
+        assert self.lists(out) != before
+
+    def test_reading_every_file_leaves_the_lists_untouched(self, scanned):
+        study, out = scanned
+        before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
+        for path in (study / "mr").iterdir():
+            path.read_bytes()
+        scan_study.scan(study, out, 40)
+        assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
 
 
 class TestMain:

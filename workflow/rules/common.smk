@@ -106,6 +106,11 @@ def ct_window_args():
     return "" if window is None else f"--ct-window {window[0]} {window[1]}"
 
 
+def shard_lists():
+    """Every shard list of the scan (the merge reads each file's stamp from them)."""
+    return [res(f"_work/scan/shard_{s}.jsonl") for s in SHARDS]
+
+
 def extract_parts(kind):
     """Every shard's instances or errors table."""
     return [res(f"_work/extract/shard_{s}.{kind}.parquet") for s in SHARDS]

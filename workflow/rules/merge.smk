@@ -2,6 +2,7 @@ checkpoint merge_metadata:
     input:
         instances=extract_parts("instances"),
         errors=extract_parts("errors"),
+        shard_lists=shard_lists(),
         script=script("merge_metadata"),
     output:
         instances=res("metadata/instances.parquet"),
@@ -26,4 +27,5 @@ checkpoint merge_metadata:
         " --error-parts {input.errors:q} {params.keywords}"
         " --series-per-batch {params.series_per_batch}"
         " --instances {output.instances:q} --series {output.series:q}"
-        " --errors {output.errors:q} --batch-dir {params.batch_dir:q} > {log:q} 2>&1"
+        " --errors {output.errors:q} --batch-dir {params.batch_dir:q}"
+        " --shard-lists {input.shard_lists:q} > {log:q} 2>&1"

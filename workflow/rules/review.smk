@@ -3,6 +3,9 @@ rule finalize_tables:
         manifests=batch_parts("_work/slices/batch_{batch}.parquet"),
         thumbnails=batch_parts("_work/thumbnails/batch_{batch}.parquet"),
         errors=error_parts,
+        # sheets and series: it removes outputs no longer produced, once all are drawn
+        sheets=batch_parts("_work/sheets/batch_{batch}.parquet"),
+        series=res("metadata/series.parquet"),
         script=script("finalize_tables"),
     output:
         slices=res("metadata/slices.parquet"),
@@ -13,10 +16,14 @@ rule finalize_tables:
         res("benchmarks/finalize_tables.tsv")
     conda:
         "../envs/pipeline.yaml"
+    params:
+        results=results_root,
     shell:
         "python {input.script:q} --manifests {input.manifests:q}"
         " --thumbnails {input.thumbnails:q} --error-parts {input.errors:q}"
-        " --slices {output.slices:q} --errors {output.errors:q} > {log:q} 2>&1"
+        " --slices {output.slices:q} --errors {output.errors:q}"
+        " --results {params.results:q} --sheets {input.sheets:q} --series {input.series:q}"
+        " > {log:q} 2>&1"
 
 
 rule build_review_page:
