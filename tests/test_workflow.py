@@ -6,6 +6,8 @@ import os
 import re
 
 import imageio.v3 as iio
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -187,3 +189,112 @@ class TestAwkwardFileNames:
         assert [(e["path"], e["reason"]) for e in errors] == [("new\nline.txt", "not_dicom")]
         slices = pq.read_table(results / "slices.parquet").to_pylist()
         assert {s["source_path"] for s in slices} == paths
+
+
+N_CONFIGURED_CT = 6
+"""Real CT slices in the study of the configured run."""
+
+CONFIGURED = """\
+metadata:
+  keywords: [ConvolutionKernel, XRayTubeCurrent]
+slices:
+  fractions: [0.0, 1.0]
+thumbnails:
+  ct_window: [40, 400]
+sheets:
+  tiles: 1
+"""
+
+
+def linear_window(values, center, width, shape) -> np.ndarray:
+    """PS3.3 C.11.2.1.2 linear window to 0..255 (by hand), resized with Pillow's Lanczos."""
+    from PIL import Image
+
+    scaled = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255
+    grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    resized = Image.fromarray(grey).resize((shape[1], shape[0]), Image.Resampling.LANCZOS)
+    return np.asarray(resized).astype(int)
+
+
+@pytest.fixture(scope="module")
+def configured_run(tmp_path_factory):
+    """A run on six real CT slices with the four settings above in the user's config file."""
+    import shutil
+
+    cwd = tmp_path_factory.mktemp("configured")
+    study = cwd / "study"
+    study.mkdir()
+    for path in sorted(demo.CT_SERIES.iterdir())[:N_CONFIGURED_CT]:
+        shutil.copy(path, study / path.name)
+    (cwd / "mine.yaml").write_text(CONFIGURED)
+    # the user's --configfile replaces the repository's; its defaults still lie beneath
+    snakemake(
+        cwd,
+        "--cores",
+        "2",
+        "--configfile",
+        "mine.yaml",
+        "--config",
+        "study=study",
+        "results=results",
+    )
+    return study, cwd / "results"
+
+
+@pytest.mark.slow
+class TestConfigReachesTheSteps:
+    """metadata.keywords, slices.fractions, thumbnails.ct_window and sheets.tiles, set in the
+    config, change what a run on six real CT slices writes."""
+
+    def test_extra_keywords_are_typed_columns_holding_the_header_values(self, configured_run):
+        import pydicom
+
+        study, results = configured_run
+        table = pq.read_table(results / "metadata" / "instances.parquet")
+        kernel_type = table.schema.field("ConvolutionKernel").type  # LO, multi-valued
+        assert pa.types.is_list(kernel_type) and kernel_type.value_type == pa.string()
+        assert str(table.schema.field("XRayTubeCurrent").type) == "int64"
+        for row in table.to_pylist():
+            ds = pydicom.dcmread(study / row["path"], stop_before_pixels=True)
+            assert row["ConvolutionKernel"] == list(ds.ConvolutionKernel) == ["Br38f", "3"]
+            assert row["XRayTubeCurrent"] == int(ds.XRayTubeCurrent)
+
+    def test_fractions_choose_the_first_and_last_slice_in_patient_order(self, configured_run):
+        import pydicom
+
+        study, results = configured_run
+        slices = pq.read_table(results / "metadata" / "slices.parquet").to_pylist()
+        assert [(s["index"], s["n_in_plane"]) for s in slices] == [
+            (0, N_CONFIGURED_CT),
+            (5, N_CONFIGURED_CT),
+        ]
+        heights = sorted(
+            float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2])
+            for p in study.iterdir()
+        )
+        assert [s["position_mm"] for s in slices] == [heights[0], heights[-1]]
+
+    def test_ct_window_preset_renders_the_thumbnails(self, configured_run):
+        _, results = configured_run
+        slices = pq.read_table(results / "metadata" / "slices.parquet").to_pylist()
+        for row in slices:
+            assert (row["window_source"], row["window_center_used"], row["window_width_used"]) == (
+                "preset",
+                40.0,
+                400.0,
+            )
+            values = np.load(results / row["npy_path"]).astype(np.float64)
+            png = iio.imread(results / row["png_path"]).astype(int)
+            assert png.shape == (256, 256)  # 512 x 512 at square spacing, longest side 256
+            preset, header = (linear_window(values, 40, w, png.shape) for w in (400, 300))
+            assert np.abs(png - preset).mean() < 0.5
+            assert np.abs(png - header).mean() > 3  # the header's 40/300 looks different
+
+    def test_sheets_hold_the_configured_number_of_tiles(self, configured_run):
+        _, results = configured_run
+        sheets = [
+            row
+            for part in sorted((results / "_work" / "sheets").glob("batch_*.parquet"))
+            for row in pq.read_table(part).to_pylist()
+        ]
+        assert [row["n_tiles"] for row in sheets] == [1]
