@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ BENCHMARKS = Path(__file__).resolve().parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import build_study  # noqa: E402 - lives in tests/benchmarks/
+import file_costs  # noqa: E402
 import run_benchmark  # noqa: E402
 
 TINY = 55  # demo: one MR (35) + one CT (20) series; vendor: Toshiba (40) + 2 Siemens (13)
@@ -170,6 +172,28 @@ class TestBuild:
             uids(study / "subject_00000", "SeriesInstanceUID")
         )
         assert build_study.add_series(study, "demo") != folder
+
+
+class TestFileCosts:
+    @pytest.mark.parametrize("measure", file_costs.MEASURES)
+    def test_each_measure_prints_milliseconds_per_file_for_the_files_given(self, measure, capsys):
+        files = build_study.Template("demo", build_study.DEMO_SERIES[0]).files()[:3]
+        assert file_costs.main(["--measure", measure, *map(str, files)]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["measure"] == measure
+        assert result["files"] == 3
+        assert result["ms_per_file"] > 0
+
+    def test_extract_gives_an_instance_row_with_header_json(self):
+        path = build_study.Template("demo", build_study.DEMO_SERIES[0]).files()[0]
+        row, errors = file_costs.operation("extract", [path])(path)
+        assert errors == []
+        assert row["file_size"] == path.stat().st_size
+        assert json.loads(row["header_json"])["0020000E"]["vr"] == "UI"
+
+    def test_an_unknown_measure_is_refused(self):
+        with pytest.raises(ValueError, match="'measure'"):
+            file_costs.operation("decode")
 
 
 class TestStudies:

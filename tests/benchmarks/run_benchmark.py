@@ -14,11 +14,12 @@ Toshiba series) is added and the rerun timed (``add-series``, as % of the full r
 a rerun with nothing changed (``no-change``, which must run 0 jobs).
 
 Per vendor, on up to ``--profile-files`` files of each real series (GE, Philips,
-Toshiba, Siemens, demo), this process times in ms per file: pydicom's header-only read,
-our metadata extraction of one file (``extract_metadata.extract_file``: reading, typed
-columns and DICOM JSON), and the reference JSON
-(``dicom_json.header_json(dicom_io.read_header(path).dataset)``); the best of
-``--profile-repeats`` passes after one warm-up file.
+Toshiba, Siemens, demo), ``file_costs.py`` times in ms per file: pydicom's header-only
+read, our metadata extraction of one file (``extract_metadata.extract_file``: reading,
+typed columns and DICOM JSON), and the reference JSON
+(``dicom_json.header_json(dicom_io.read_header(path).dataset)``); each pass in a fresh
+process (per-process memos start empty, as in an extract job), the best of
+``--profile-repeats`` passes.
 
 ``--dry-run-sizes`` times ``snakemake -n`` on hard-linked replicas of a built study in a
 fresh folder (the study is scanned while the DAG is built, so this plans every extract
@@ -59,7 +60,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -74,6 +75,7 @@ SNAKEFILE = ROOT / "Snakefile"
 CONFIG = ROOT / "config" / "config.yaml"
 NAIVE = HERE / "naive_baseline.py"
 PYDICOM_LOOP = HERE / "pydicom_loop.py"
+FILE_COSTS = HERE / "file_costs.py"
 METADATA_TARGET = "results/metadata/instances.parquet"
 
 COLUMNS = (
@@ -906,15 +908,19 @@ def spread(items: Sequence[Path], limit: int) -> list[Path]:
     return [items[int(i * step)] for i in range(limit)]
 
 
-def best_ms_per_item(fn: Callable[[Path], object], items: Sequence[Path], repeats: int) -> float:
-    """Milliseconds per item of ``fn`` over ``items``: the best of ``repeats`` passes."""
+def fresh_process_ms(measure: str, files: Sequence[Path], repeats: int) -> float:
+    """Milliseconds per file of ``file_costs.py --measure``: the best of ``repeats`` processes.
+
+    Each pass runs in a new process, so per-process memos start empty every time.
+    """
     best = float("inf")
+    cmd = [sys.executable, str(FILE_COSTS), "--measure", measure, *map(str, files)]
     for _ in range(repeats):
-        start = time.perf_counter()
-        for item in items:
-            fn(item)
-        best = min(best, time.perf_counter() - start)
-    return 1000 * best / len(items)
+        done = subprocess.run(cmd, capture_output=True, text=True, env=tool_env(), check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"file_costs.py --measure {measure} failed:\n{done.stderr[-3000:]}")
+        best = min(best, json.loads(done.stdout.splitlines()[-1])["ms_per_file"])
+    return best
 
 
 def vendor_files(limit: int) -> dict[str, list[Path]]:
@@ -929,14 +935,18 @@ def vendor_files(limit: int) -> dict[str, list[Path]]:
 
 
 def profile_vendors(limit: int, repeats: int) -> list[VendorRow]:
-    """Per-file costs of reading and extracting each vendor's real headers, in this process.
+    """Per-file costs of reading and extracting each vendor's real headers.
+
+    Each cost is timed by ``file_costs.py`` in fresh processes (per-process memos start
+    empty, as in an extract job); file sizes, element counts and JSON sizes are taken
+    here.
 
     Parameters
     ----------
     limit : int
         Most files timed per vendor, spread over its series.
     repeats : int
-        Passes over the files; the fastest counts (after one warm-up file).
+        Processes per cost; the fastest counts.
 
     Returns
     -------
@@ -944,48 +954,30 @@ def profile_vendors(limit: int, repeats: int) -> list[VendorRow]:
         One row per vendor present: GE, Philips, Toshiba, Siemens (when
         ``../shared/data/vendor-mr`` exists), demo.
     """
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    import pydicom
+    import file_costs
 
-    import dicom_io
-    import dicom_json
-    import extract_metadata
-    import table_schema
-
-    keywords = table_schema.instance_keywords([])
+    read = file_costs.operation("read")
     rows = []
     for vendor, paths in vendor_files(limit).items():
-        sizes = {p: p.stat().st_size for p in paths}
-
-        def read(path: Path) -> pydicom.Dataset:
-            return pydicom.dcmread(path, stop_before_pixels=True)
-
-        def extract(path: Path, sizes: dict[Path, int] = sizes) -> tuple:
-            return extract_metadata.extract_file(path.parent, path.name, sizes[path], keywords)
-
-        def reference(path: Path) -> tuple:
-            return dicom_json.header_json(dicom_io.read_header(path).dataset)
-
+        extract = file_costs.operation("extract", paths)
         elements, json_bytes, failed = 0, 0, 0
-        for path in paths:  # also the warm-up
+        for path in paths:
             elements += sum(1 for _ in read(path).iterall())
             row, _errors = extract(path)
             failed += row is None
             json_bytes += len(row["header_json"]) if row else 0
-            reference(path)
         if failed:
             log.warning("%s: %d of %d files gave no instance row", vendor, failed, len(paths))
         rows.append(
             VendorRow(
                 vendor=vendor,
                 files=len(paths),
-                file_kib=sum(sizes.values()) / len(paths) / 1024,
+                file_kib=sum(p.stat().st_size for p in paths) / len(paths) / 1024,
                 elements=elements / len(paths),
                 json_kib=json_bytes / len(paths) / 1024,
-                pydicom_read_ms=best_ms_per_item(read, paths, repeats),
-                extract_ms=best_ms_per_item(extract, paths, repeats),
-                reference_json_ms=best_ms_per_item(reference, paths, repeats),
+                pydicom_read_ms=fresh_process_ms("read", paths, repeats),
+                extract_ms=fresh_process_ms("extract", paths, repeats),
+                reference_json_ms=fresh_process_ms("reference", paths, repeats),
             )
         )
         pairs = zip(VENDOR_COLUMNS, cells(rows[-1]), strict=True)
@@ -1149,7 +1141,9 @@ NOTES = """\
 - ratio_vs_naive, ratio_vs_pydicom = files_per_s / the baseline's files_per_s at the same
   size (above 1: faster than the baseline).
 - vendors: per file, on up to {profile_files} files of each real series, best of
-  {repeats} passes in one process: `pydicom.dcmread(stop_before_pixels=True)`;
+  {repeats} passes, each in a fresh process (per-process memos start empty, as in an
+  extract job; one pydicom test file first, untimed):
+  `pydicom.dcmread(stop_before_pixels=True)`;
   `extract_metadata.extract_file` (read, typed columns, DICOM JSON); reference JSON
   `dicom_json.header_json(dicom_io.read_header(path).dataset)`. elements counts nested
   ones; json_kib is the size of the extracted `header_json`.
