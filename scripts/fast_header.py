@@ -18,8 +18,11 @@ return None, and the caller uses the reference path, which gives the error reaso
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import os
+import re
 import struct
 from functools import cache
 
@@ -93,6 +96,78 @@ def _private_vr(tag: int, creator: str | None) -> str:
 @cache
 def _key8(tag: int) -> str:
     return f"{tag:08X}"
+
+
+_NUMBER = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*")
+_INTEGER = re.compile(r"\s*[+-]?\d+\s*")
+_BINARY_NUMBERS = {"FL": "f", "FD": "d", "SL": "l", "SS": "h", "UL": "L", "US": "H"}
+_BINARY_BYTES = frozenset(("OB", "OW", "OD", "OF", "OL", "OV", "UN"))
+_SPLIT_WHOLE = frozenset(("AS", "CS", "DA", "DT", "TM"))  # pydicom strips the whole value
+_SPLIT_EACH = frozenset(("SH", "LO", "UC"))  # pydicom strips each value
+_SINGLE_TEXT = frozenset(("ST", "LT", "UT"))
+_ASCII_SAFE_CHARSETS = frozenset(
+    ("iso8859", ("iso8859",), ("latin_1",), ("UTF8",))
+    + tuple((f"iso8859_{n}",) for n in range(2, 10))
+)
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _direct_json(vr: str, value: bytes, charset) -> str | None:
+    """JSON text pydicom gives an element of the common VRs, without building its objects.
+
+    Returns None for anything but the plain forms (ASCII without escapes, well-formed
+    numbers, whole binary numbers), which pydicom then converts: the tests pin this
+    function to pydicom on every real file and on generated values.
+    """
+    if vr in _BINARY_BYTES:
+        if len(value) > 1024:
+            return None
+        if not value:
+            return f'{{"vr":"{vr}"}}'
+        return f'{{"InlineBinary":"{base64.b64encode(value).decode()}","vr":"{vr}"}}'
+    code = _BINARY_NUMBERS.get(vr)
+    if code is not None:
+        if not value:
+            return f'{{"vr":"{vr}"}}'
+        size = struct.calcsize("<" + code)
+        if len(value) % size:
+            return None
+        numbers = struct.unpack(f"<{len(value) // size}{code}", value)
+        if code in "fd" and not all(math.isfinite(n) for n in numbers):
+            return None
+        return f'{{"Value":{_dumps(list(numbers))},"vr":"{vr}"}}'
+    if not value.isascii() or b"\x1b" in value:
+        return None
+    text = value.decode("ascii")
+    if vr == "UI":
+        items = text.rstrip("\0 ").split("\\")
+    elif vr in _SPLIT_WHOLE:
+        items = text.rstrip(" \0").split("\\")
+    elif vr == "DS":
+        items = text.strip().rstrip(" \0").split("\\")
+        if items != [""]:
+            if not all(_NUMBER.fullmatch(item) for item in items):
+                return None
+            items = [float(item) for item in items]
+            if not all(math.isfinite(n) for n in items):
+                return None
+    elif vr == "IS":
+        items = text.rstrip(" \0").split("\\")
+        if items != [""]:
+            if not all(_INTEGER.fullmatch(item) for item in items):
+                return None
+            items = [int(item) for item in items]
+    elif charset not in _ASCII_SAFE_CHARSETS:
+        return None
+    elif vr in _SPLIT_EACH:
+        items = [item.rstrip("\0 ") for item in text.split("\\")]
+    elif vr in _SINGLE_TEXT:
+        items = [text.rstrip("\0 ")]
+    else:
+        return None
+    if items == [""]:
+        return f'{{"vr":"{vr}"}}'
+    return f'{{"Value":{_dumps(items)},"vr":"{vr}"}}'
 
 
 class _Level:
@@ -279,6 +354,30 @@ class _Converter:
         ds.set_original_encoding(implicit, True, level.encoding)
         return ds
 
+    def context(self, level: _Level, element: list, creator, meta: bool) -> Dataset:
+        """The dataset pydicom converts ``element`` in: its level's, with the element (and
+        its private creator) present in raw form, as after a read.
+        """
+        ds = self.level_dataset(level, meta)
+        tag = element[0]
+        wanted = [element]
+        if creator is not None:
+            block = tag >> 16 << 16 | (tag & 0xFF00) >> 8
+            wanted += [e for e in level.elements if e[0] == block]
+        for tag, vr, start, stop, _items in wanted:
+            if BaseTag(tag) not in ds._dict:
+                value = self.buf[start:stop]
+                ds._dict[BaseTag(tag)] = RawDataElement(
+                    BaseTag(tag),
+                    None if vr is None else _vr_text(vr),
+                    len(value),
+                    value,
+                    start,
+                    level.implicit,
+                    True,
+                )
+        return ds
+
     def creators(self, level: _Level) -> dict[int, str]:
         """Private creator of each block (``gggg00xx``) of a level, as pydicom reads it."""
         buf = self.buf
@@ -321,6 +420,7 @@ class _Converter:
                     continue
                 sequence = resolved == "SQ"
             else:
+                resolved = _vr_text(vr)
                 sequence = vr == b"SQ"
             # an undefined-length sequence reads as a converted element: length 0 for the rule
             length = 0 if items is not None else stop - start
@@ -344,12 +444,12 @@ class _Converter:
                 key = (tag, vr, value, charset, creator, implicit)
                 hit = memo.get(key)
                 if hit is None:
-                    context = [element]
-                    if creator is not None:
-                        block = tag >> 16 << 16 | (tag & 0xFF00) >> 8
-                        context = [e for e in level.elements if e[0] == block] + context
-                    ds = self._dataset(level, context, meta)
-                    hit = memo[key] = self.convert(ds, tag)
+                    text = _direct_json(resolved, value, charset)
+                    if text is None:
+                        hit = self.convert(self.context(level, element, creator, meta), tag)
+                    else:
+                        hit = (text, ())
+                    memo[key] = hit
             text, failed = hit
             if text is not None:
                 parts.append(f'"{_key8(tag)}":{text}')

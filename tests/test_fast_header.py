@@ -187,3 +187,60 @@ def test_memo_does_not_leak_one_files_values_into_another(tmp_path):
             _, text, _ = fast_header.read_header_fast(tmp_path / name)
             assert f'"0008103E":{{"Value":["{expected}"],"vr":"LO"}}' in text
     shutil.rmtree(tmp_path)
+
+
+def _pydicom_json(vr: str, value: bytes, charset: str | None) -> str | None:
+    """JSON text of one element by the reference rules (pydicom's conversion)."""
+    import json
+
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.tag import BaseTag
+
+    from dicom_json import element_entry
+
+    tag = BaseTag(0x00111001)  # private: pydicom keeps the explicit VR as given
+    ds = Dataset({tag: RawDataElement(tag, vr, len(value), value, 0, False, True)})
+    encoding = "iso8859" if charset is None else fast_header.convert_encodings(charset)
+    ds.set_original_encoding(False, True, encoding)
+    problems: list[str] = []
+    entry = element_entry(ds, tag, problems)
+    if entry is None:
+        return None
+    try:
+        return json.dumps(entry, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return None
+
+
+_GENERATED = {
+    "DS": [b"1.5", b" 120 ", b"-0.25\\3e2\\.5", b"1.0\\", b"abc", b"1e400", b"", b"  ", b"7\\ 8 "],
+    "IS": [b"12", b" 7", b"-3\\+4", b"1.0", b"", b"1\\\\2", b"0012 "],
+    "UI": [b"1.2.840.10008.1.2\x00", b"1.2.3\\4.5", b"", b" "],
+    "CS": [b"ORIGINAL\\PRIMARY\\M\\ND", b"A \\B ", b"\\", b"", b"X\x00"],
+    "TM": [b"120000.123456", b"", b"1200 "],
+    "DA": [b"20240101", b"2024.01.01 "],
+    "LO": [b"T1 MPRAGE ", b"a\\b \\ c", b"caf\xe9", b"\x1b$B", b"", b"x\x00"],
+    "SH": [b"ABC", b"\\"],
+    "LT": [b"free text \\ with backslash  "],
+    "FL": [b"\x00\x00\xc0?", b"\x00\x00\xc0?\x00\x00\x80\x7f", b"\x00\x00\xc0", b""],
+    "FD": [b"\x00" * 8, b"\x00\x00\x00\x00\x00\x00\xf8\x7f"],
+    "US": [b"\x01\x00", b"\x01\x00\x02\x00", b"\x01"],
+    "SS": [b"\xff\xff"],
+    "SL": [b"\xff\xff\xff\xff\x01\x00\x00\x00"],
+    "UL": [b"\x10\x00\x00\x00"],
+    "OB": [b"\x00\x01\x02", b""],
+    "UN": [b"\xde\xad\xbe\xef"],
+}
+
+
+@pytest.mark.parametrize("charset", [None, "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 87"])
+@pytest.mark.parametrize(
+    ("vr", "value"), [(vr, v) for vr, values in _GENERATED.items() for v in values]
+)
+def test_direct_conversion_equals_pydicom_or_declines(vr, value, charset):
+    key = None if charset is None else fast_header.convert_encodings(charset)
+    key = "iso8859" if key is None else tuple(key)
+    direct = fast_header._direct_json(vr, value, key)
+    if direct is not None:
+        assert direct == _pydicom_json(vr, value, charset)
