@@ -87,8 +87,27 @@ class TestTreeRssPages:
         m = run_benchmark.run_measured([sys.executable, "-c", code], tmp_path, tmp_path / "log")
         assert m.returncode == 0
         assert m.wall_s >= 0.5
-        assert m.max_process_rss_mib >= 64
-        assert m.tree_rss_mib >= 64  # the sampler saw the child while it slept
+        assert 64 <= m.max_process_rss_mib < 64 + 32
+        assert 64 <= m.tree_rss_mib < 64 + 32  # the sampler saw the child while it slept
+
+    def test_run_measured_does_not_count_the_measuring_process_memory(self, tmp_path):
+        ballast = bytearray(256 * 1024 * 1024)
+        ballast[::4096] = b"x" * len(ballast[::4096])
+        m = run_benchmark.run_measured(["true"], tmp_path, tmp_path / "log")
+        assert m.returncode == 0
+        assert m.max_process_rss_mib < 64
+        assert m.tree_rss_mib < 64
+        del ballast
+
+    def test_run_measured_reports_the_command_exit_status(self, tmp_path):
+        code = "import sys; print('out'); sys.exit(3)"
+        m = run_benchmark.run_measured([sys.executable, "-c", code], tmp_path, tmp_path / "log")
+        assert m.returncode == 3
+        assert (tmp_path / "log").read_text().startswith("out")
+
+    def test_tree_rss_can_leave_the_root_out(self):
+        table = {10: (1, 100), 11: (10, 20), 12: (11, 3)}
+        assert run_benchmark.tree_rss_pages(table, 10, include_root=False) == 23
 
 
 class TestTables:

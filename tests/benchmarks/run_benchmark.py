@@ -228,7 +228,7 @@ def read_proc_table(proc: Path = Path("/proc")) -> dict[int, tuple[int, int]]:
     return table
 
 
-def tree_rss_pages(table: dict[int, tuple[int, int]], root: int) -> int:
+def tree_rss_pages(table: dict[int, tuple[int, int]], root: int, include_root: bool = True) -> int:
     """Summed resident pages of ``root`` and all its descendants.
 
     Parameters
@@ -237,6 +237,8 @@ def tree_rss_pages(table: dict[int, tuple[int, int]], root: int) -> int:
         ``pid -> (ppid, rss_pages)`` as from :func:`read_proc_table`.
     root : int
         Pid at the top of the tree.
+    include_root : bool
+        Count ``root``'s own pages (False: only its descendants').
 
     Returns
     -------
@@ -249,7 +251,7 @@ def tree_rss_pages(table: dict[int, tuple[int, int]], root: int) -> int:
     total, stack = 0, [root]
     while stack:
         pid = stack.pop()
-        if pid in table:
+        if pid in table and (include_root or pid != root):
             total += table[pid][1]
         stack.extend(children.get(pid, ()))
     return total
@@ -264,12 +266,16 @@ class TreeRssSampler(threading.Thread):
         Pid at the top of the tree.
     interval : float
         Seconds between samples.
+    include_root : bool
+        Count the root's own memory (False: only its descendants', e.g. under a
+        trampoline).
     """
 
-    def __init__(self, root: int, interval: float):
+    def __init__(self, root: int, interval: float, include_root: bool = True):
         super().__init__(daemon=True)
         self.root = root
         self.interval = interval
+        self.include_root = include_root
         self.peak_bytes = 0
         self._stop_event = threading.Event()
         self._page = os.sysconf("SC_PAGE_SIZE")
@@ -277,7 +283,8 @@ class TreeRssSampler(threading.Thread):
 
     def run(self) -> None:  # noqa: D102 - threading.Thread API
         while self.available and not self._stop_event.is_set():
-            rss = tree_rss_pages(read_proc_table(), self.root) * self._page
+            pages = tree_rss_pages(read_proc_table(), self.root, self.include_root)
+            rss = pages * self._page
             self.peak_bytes = max(self.peak_bytes, rss)
             self._stop_event.wait(self.interval)
 
@@ -285,6 +292,28 @@ class TreeRssSampler(threading.Thread):
         """Stop sampling and wait for the thread to end."""
         self._stop_event.set()
         self.join()
+
+
+#: Runs the command in a small process of its own and reports that process's exit status,
+#: wall time and ``ru_maxrss``. Linux counts the memory a process had before ``exec``
+#: (a copy of its parent's) in its ``ru_maxrss``, so a command forked straight from this
+#: process would report at least this process's own peak; forked from a bare Python it
+#: carries only that Python's few MiB.
+TRAMPOLINE = """\
+import json, os, sys, time
+report, cmd = sys.argv[1], sys.argv[2:]
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(cmd[0], cmd)
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - start
+with open(report, "w") as fh:
+    json.dump({"status": status, "maxrss": usage.ru_maxrss, "wall_s": wall}, fh)
+"""
 
 
 def run_measured(
@@ -295,6 +324,9 @@ def run_measured(
     interval: float = 0.1,
 ) -> Measurement:
     """Run a command, capturing its output in a file, and measure time and memory.
+
+    The command runs under :data:`TRAMPOLINE`, which times it and reads its exact
+    ``ru_maxrss``; the sampled tree leaves the trampoline's own memory out.
 
     Parameters
     ----------
@@ -314,11 +346,14 @@ def run_measured(
     Measurement
         Wall time, sampled tree RSS peak, exact largest single-process RSS, exit status.
     """
+    report_path = log_path.with_name(log_path.name + ".rusage.json")
+    report_path.unlink(missing_ok=True)
+    wrapped = [sys.executable, "-S", "-c", TRAMPOLINE, str(report_path), *cmd]
     with open(log_path, "wb") as out:
         started_at = time.time()
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        sampler = TreeRssSampler(proc.pid, interval)
+        proc = subprocess.Popen(wrapped, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        sampler = TreeRssSampler(proc.pid, interval, include_root=False)
         sampler.start()
         try:
             _pid, status, usage = os.wait4(proc.pid, 0)
@@ -326,13 +361,18 @@ def run_measured(
             sampler.stop()
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
+    maxrss = usage.ru_maxrss
+    if report_path.exists():  # else the trampoline itself failed: report what it did
+        report = json.loads(report_path.read_text())
+        proc.returncode = os.waitstatus_to_exitcode(report["status"])
+        maxrss, wall = report["maxrss"], report["wall_s"]
     # ru_maxrss is KiB on Linux (bytes on macOS); it covers the child and the
     # descendants it waited for, as the maximum of single processes.
     scale = 1 if sys.platform == "darwin" else 1024
     return Measurement(
         wall_s=wall,
         tree_rss_mib=sampler.peak_bytes / MIB,
-        max_process_rss_mib=usage.ru_maxrss * scale / MIB,
+        max_process_rss_mib=maxrss * scale / MIB,
         returncode=proc.returncode,
         started_at=started_at,
     )
