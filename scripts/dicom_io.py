@@ -341,12 +341,16 @@ def _plausible_raw_dataset(ds: Dataset) -> bool:
     return False
 
 
-def _with_pixel_facts(ds: Dataset, fp, size: int) -> HeaderRead:
-    """Find whether pixel data follows the header and whether all its bytes are there."""
+def _with_pixel_facts(ds: Dataset, fp, size: int, expected_bytes=None) -> HeaderRead:
+    """Find whether pixel data follows the header and whether all its bytes are there.
+
+    ``expected_bytes`` replaces :func:`_expected_pixel_bytes` (a memoised equivalent).
+    """
+    expected_pixel_bytes = expected_bytes or _expected_pixel_bytes
     warnings: list[tuple[str, str]] = []
     element = _pixel_element_header(fp, ds)
     if element is None:
-        if fp.tell() >= size and _expected_pixel_bytes(ds):
+        if fp.tell() >= size and expected_pixel_bytes(ds):
             warnings.append(
                 ("truncated", "image pixel module present but the file ends before pixel data")
             )
@@ -361,7 +365,7 @@ def _with_pixel_facts(ds: Dataset, fp, size: int) -> HeaderRead:
         return HeaderRead(ds, has_pixels=has_pixels, warnings=warnings)
     if length == 0:
         return HeaderRead(ds, has_pixels=False, warnings=warnings)
-    expected = _expected_pixel_bytes(ds)
+    expected = expected_pixel_bytes(ds)
     if available < length:
         warnings.append(
             ("truncated", f"pixel data declares {length} bytes but file holds {available}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from fast_header import read_header_fast
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
+from pydicom.tag import BaseTag
 
 import privacy
 import table_schema
@@ -43,7 +44,8 @@ def _element_value(header: HeaderRead, keyword: str):
     meta = getattr(ds, "file_meta", None)
     if keyword == "TransferSyntaxUID":
         return meta.get("TransferSyntaxUID") if meta is not None else None
-    value = ds[keyword].value if keyword in ds else None
+    tag = _tag(keyword)
+    value = ds[tag].value if tag in ds else None
     if value in (None, "") and keyword in META_FALLBACK and meta is not None:
         value = meta.get(META_FALLBACK[keyword]) or value
     return value
@@ -51,6 +53,18 @@ def _element_value(header: HeaderRead, keyword: str):
 
 _typed_memo: dict = {}
 """Typed column values by keyword and raw element bytes: slices of a series repeat most."""
+
+
+@cache
+def _tag(keyword: str) -> BaseTag:
+    """The tag of a keyword, looked up once (datasets are fastest asked by tag)."""
+    return BaseTag(tag_for_keyword(keyword))
+
+
+@cache
+def _keep(keywords: tuple[str, ...]) -> frozenset:
+    """Tags a row reads from the header dataset: its columns and the empty-UID check."""
+    return frozenset(_tag(k) for k in keywords + ("SOPInstanceUID", "SeriesInstanceUID"))
 
 
 @cache
@@ -66,7 +80,7 @@ def _typed_value(header: HeaderRead, keyword: str, charset):
 
     Raises what the conversion raised, so the caller records the same warning.
     """
-    raw = header.dataset.get_item(keyword) if _memoisable(keyword) else None
+    raw = header.dataset.get_item(_tag(keyword)) if _memoisable(keyword) else None
     if not isinstance(raw, RawDataElement):
         return table_schema.convert_value(_element_value(header, keyword), keyword)
     key = (keyword, raw.VR, raw.value, raw.is_implicit_VR, charset)
@@ -147,7 +161,7 @@ def extract_file(
     With a pseudonymisation ``key``, identifying values are replaced (see ``privacy``).
     """
     json_model = None
-    fast = read_header_fast(study / path)
+    fast = read_header_fast(study / path, _keep(tuple(keywords)))
     if fast is not None:
         header, *json_model = fast
     try:

@@ -53,6 +53,9 @@ _SHORT_VRS = frozenset(
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_TAGS = frozenset(dicom_io.PIXEL_TAGS)
 _CHARSET = 0x00080005
+_CONTEXT_GROUPS = frozenset((0x0028, 0x5400))
+"""Groups kept in a trimmed header dataset: image pixel module and waveform (the elements
+pydicom consults to resolve US-or-SS style VRs)."""
 _UNPACK_TAG_LEN = struct.Struct("<HHL").unpack_from
 _UNPACK_LEN32 = struct.Struct("<L").unpack_from
 _UNPACK_EXPLICIT = struct.Struct("<HH2sH").unpack_from
@@ -173,10 +176,13 @@ def _direct_json(vr: str, value: bytes, charset) -> str | None:
 class _Level:
     """One dataset (top level or sequence item): its parsed elements and conversion context."""
 
-    __slots__ = ("elements", "encoding", "charset_key", "implicit", "in_item", "_ds")
+    __slots__ = ("elements", "encoding", "charset_key", "implicit", "in_item", "top", "_ds")
 
-    def __init__(self, elements: list, encoding, implicit: bool, in_item: bool = False):
+    def __init__(
+        self, elements: list, encoding, implicit: bool, in_item: bool = False, top: bool = False
+    ):
         self.elements = elements
+        self.top = top
         self.encoding = encoding
         self.charset_key = encoding if isinstance(encoding, str) else tuple(encoding)
         self.implicit = implicit
@@ -323,20 +329,34 @@ class _Parser:
         return 0x40 < a < 0x5B and 0x40 < b < 0x5B
 
 
+def _keyed(tag: int, hit: tuple) -> tuple:
+    """A conversion result with its JSON text prefixed by the element's key."""
+    text, failed = hit
+    return (None if text is None else f'"{_key8(tag)}":{text}'), failed
+
+
 class _Converter:
     """Turns parsed levels into DICOM JSON text, memoising each element's conversion."""
 
-    def __init__(self, buf: bytes, little: bool = True):
+    def __init__(self, buf: bytes, keep: frozenset | None = None):
         self.buf = buf
-        self.little = little
+        self.keep = keep
         self.problems: list[str] = []
 
     def level_dataset(self, level: _Level, meta: bool = False) -> Dataset:
-        """The level's public elements (sequences included) as a pydicom dataset of raw
-        elements: the context for VRs that depend on other elements, and the header's dataset.
+        """The level's public elements (sequences included; at the top level only those in
+        ``keep`` and the image pixel module when ``keep`` is given) as a pydicom dataset of
+        raw elements: the context for VRs that depend on other elements, and the header's.
         """
         if level._ds is None:
-            elements = [e for e in level.elements if not e[0] & 0x10000]
+            keep = self.keep if level.top else None
+            elements = [
+                e
+                for e in level.elements
+                if not e[0] & 0x10000
+                and (keep is None or e[0] in keep or e[0] >> 16 in _CONTEXT_GROUPS)
+                or e[0] == _CHARSET
+            ]
             level._ds = self._dataset(level, elements, meta)
         return level._ds
 
@@ -415,12 +435,14 @@ class _Converter:
                     if level.in_item:
                         raise _Fallback("context-dependent VR inside a sequence item")
                     # depends on other elements of the dataset: converted every time
-                    hit = self.convert(self.level_dataset(level, meta), tag)
-                    self._emit(parts, tag, hit, prefix)
+                    text, failed = self.convert(self.level_dataset(level, meta), tag)
+                    if text is not None:
+                        parts.append(f'"{_key8(tag)}":{text}')
+                    problems.extend((prefix + p)[:300] for p in failed)
                     continue
                 sequence = resolved == "SQ"
             else:
-                resolved = _vr_text(vr)
+                resolved = None
                 sequence = vr == b"SQ"
             # an undefined-length sequence reads as a converted element: length 0 for the rule
             length = 0 if items is not None else stop - start
@@ -439,32 +461,26 @@ class _Converter:
                         if not implicit and vr != b"SQ":
                             raise _Fallback("explicit UN holding a sequence")
                         items, _ = _Parser(buf, True).items(start, stop, implicit)
-                    hit = memo[key] = self.sequence(tag, items, level)
+                    hit = memo[key] = _keyed(tag, self.sequence(tag, items, level))
             else:
                 key = (tag, vr, value, charset, creator, implicit)
                 hit = memo.get(key)
                 if hit is None:
-                    text = _direct_json(resolved, value, charset)
+                    text = _direct_json(resolved or _vr_text(vr), value, charset)
                     if text is None:
                         hit = self.convert(self.context(level, element, creator, meta), tag)
                     else:
                         hit = (text, ())
-                    memo[key] = hit
+                    hit = memo[key] = _keyed(tag, hit)
             text, failed = hit
             if text is not None:
-                parts.append(f'"{_key8(tag)}":{text}')
+                parts.append(text)
             if failed:
                 problems.extend((prefix + p)[:300] for p in failed)
         if len(memo) > MEMO_LIMIT:
             memo.clear()
             _last_sequence.clear()
         return "{" + ",".join(parts) + "}"
-
-    def _emit(self, parts: list, tag: int, hit: tuple, prefix: str) -> None:
-        text, failed = hit
-        if text is not None:
-            parts.append(f'"{_key8(tag)}":{text}')
-        self.problems.extend((prefix + p)[:300] for p in failed)
 
     def sequence(self, tag: int, items: list, parent: _Level) -> tuple[str, tuple]:
         """JSON text of a sequence element and its problems relative to the parent level."""
@@ -535,7 +551,7 @@ def _parse(buf: bytes, complete: bool):
     elements, pos, pixel = parser.elements(pos, None, implicit, True, False)
     if not elements:
         raise _Fallback("empty dataset")
-    top = _Level(elements, _encoding(buf, elements, default_encoding), implicit)
+    top = _Level(elements, _encoding(buf, elements, default_encoding), implicit, top=True)
     return meta, top, pos if pixel is None else pixel
 
 
@@ -584,11 +600,31 @@ def _meta_elements(parser: _Parser):
     return out, pos
 
 
-def read_header_fast(path: str | os.PathLike):
+_PIXEL_MODULE = tuple(
+    BaseTag(t) for t in (0x00280002, 0x00280004, 0x00280008, 0x00280010, 0x00280011, 0x00280100)
+)
+_expected_memo: dict = {}
+
+
+def _expected_pixel_bytes(ds: Dataset):
+    """:func:`dicom_io._expected_pixel_bytes`, memoised by the raw image pixel module."""
+    raws = [ds.get_item(tag) for tag in _PIXEL_MODULE]
+    if not all(raw is None or isinstance(raw, RawDataElement) for raw in raws):
+        return dicom_io._expected_pixel_bytes(ds)
+    key = tuple(None if raw is None else (raw.VR, raw.value, raw.is_implicit_VR) for raw in raws)
+    if key not in _expected_memo:
+        if len(_expected_memo) > 10_000:
+            _expected_memo.clear()
+        _expected_memo[key] = dicom_io._expected_pixel_bytes(ds)
+    return _expected_memo[key]
+
+
+def read_header_fast(path: str | os.PathLike, keep: frozenset | None = None):
     """Read a header the fast way; ``(HeaderRead, json_text, problems)`` or None to fall back.
 
     The ``HeaderRead`` equals :func:`dicom_io.read_header`'s except that its dataset holds
-    only the public top-level elements (raw; pydicom converts them on access), and
+    only the public top-level elements (raw; pydicom converts them on access), or only
+    the tags in ``keep`` (plus charset and image pixel module) when given, and
     ``json_text, problems`` equal :func:`dicom_json.header_json` of the whole header.
     """
     try:
@@ -602,13 +638,13 @@ def read_header_fast(path: str | os.PathLike):
                     break
                 except _NeedMore:
                     buf += fh.read(len(buf) * 3)
-            converter = _Converter(buf)
+            converter = _Converter(buf, keep)
             meta_text = converter.json_text(meta, meta=True)
             ds_text = converter.json_text(top)
             dataset = converter.level_dataset(top)
             dataset.file_meta = converter.level_dataset(meta, meta=True)
             fh.seek(stop)
-            header = dicom_io._with_pixel_facts(dataset, fh, size)
+            header = dicom_io._with_pixel_facts(dataset, fh, size, _expected_pixel_bytes)
     except Exception:  # noqa: BLE001 - anything unusual is the reference reader's to judge
         return None
     if meta_text == "{}":

@@ -64,7 +64,7 @@ def test_fast_path_gives_the_reference_json_and_pixel_facts_for_every_real_file(
 def _rows_by_both_paths(study: Path, paths: list[str], monkeypatch):
     fast_rows = [extract_metadata.extract_file(study, p, 1, KEYWORDS) for p in paths]
     with monkeypatch.context() as patch:
-        patch.setattr(extract_metadata, "read_header_fast", lambda path: None)
+        patch.setattr(extract_metadata, "read_header_fast", lambda path, keep=None: None)
         reference_rows = [extract_metadata.extract_file(study, p, 1, KEYWORDS) for p in paths]
     return fast_rows, reference_rows
 
