@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from make_contact_sheets import SHEETS_SCHEMA
 from sharding import short_hash
-from table_schema import read_parts
+from table_schema import read_parts, without_pandas
 
 log = logging.getLogger("build_review_page")
 
@@ -183,4 +183,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    without_pandas()
     sys.exit(main())

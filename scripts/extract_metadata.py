@@ -261,4 +261,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    table_schema.without_pandas()
     sys.exit(main())

@@ -159,4 +159,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    table_schema.without_pandas()
     sys.exit(main())
