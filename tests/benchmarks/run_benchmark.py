@@ -845,6 +845,7 @@ def bench_size(
     cores: int,
     interval: float,
     source: str,
+    rows: list[Row],
 ) -> list[Row]:
     """Every stage on one built study, baselines first (they also warm the file cache).
 
@@ -862,25 +863,27 @@ def bench_size(
         Seconds between RSS samples.
     source : str
         The study's source.
+    rows : list of Row
+        Each stage's row is appended as soon as it is measured (so a failing stage
+        leaves the rows before it).
 
     Returns
     -------
     list of Row
-        read-bytes, pydicom-loop, naive, metadata, workflow, add-series, no-change.
+        ``rows``, with read-bytes, pydicom-loop, naive, metadata, workflow, add-series
+        and no-change appended.
     """
     tag = f"{source}_{n_files}"
-    rows = [
-        bench_read_bytes(study, n_files, runs / f"read_bytes_{tag}", interval),
-        bench_pydicom_loop(study, n_files, runs / f"pydicom_loop_{tag}", interval),
-        bench_naive(study, n_files, runs / f"naive_{tag}", interval),
-        bench_metadata(study, n_files, runs / f"metadata_stages_{tag}", cores, interval),
-    ]
+    rows.append(bench_read_bytes(study, n_files, runs / f"read_bytes_{tag}", interval))
+    rows.append(bench_pydicom_loop(study, n_files, runs / f"pydicom_loop_{tag}", interval))
+    rows.append(bench_naive(study, n_files, runs / f"naive_{tag}", interval))
+    run = runs / f"metadata_stages_{tag}"
+    rows.append(bench_metadata(study, n_files, run, cores, interval))
     mirror = link_tree(study, runs / f"study_{tag}")
-    full = bench_workflow(mirror, n_files, runs / f"workflow_{tag}", cores, interval)
+    run = runs / f"workflow_{tag}"
+    full = bench_workflow(mirror, n_files, run, cores, interval)
     rows.append(full)
-    rows += bench_incremental(
-        mirror, n_files, runs / f"workflow_{tag}", cores, interval, source, full
-    )
+    rows += bench_incremental(mirror, n_files, run, cores, interval, source, full)
     return rows
 
 
@@ -1136,7 +1139,7 @@ def commit_label(root: Path = ROOT) -> str:
 MEASURED_PATHS = ("Snakefile", "workflow", "scripts", "config", "tests/benchmarks")
 
 
-def machine_line(cores: int) -> str:
+def machine_line(cores: int, commit: str | None = None) -> str:
     """One line naming the commit, machine, tools and the load when the run started."""
     memory = memory_total_gib()
     mem = f"{memory:.1f} GiB RAM" if memory is not None else "RAM unknown"
@@ -1149,7 +1152,7 @@ def machine_line(cores: int) -> str:
     except Exception:  # noqa: BLE001 - only a label
         snakemake_version = pydicom_version = "?"
     return (
-        f"Measured on {commit_label()}, {time.strftime('%Y-%m-%d')}. "
+        f"Measured on {commit or commit_label()}, {time.strftime('%Y-%m-%d')}. "
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, {mem}; "
         f"Python {platform.python_version()}, Snakemake {snakemake_version}, "
         f"pydicom {pydicom_version}; --cores {cores}; load average {load:.2f} at start"
@@ -1305,6 +1308,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sample-interval", type=float, default=0.1, help="seconds between RSS samples"
     )
+    parser.add_argument(
+        "--commit",
+        default=None,
+        help="label of the measured code, e.g. 'commit abc123' for an exported snapshot "
+        "(default: the checkout's commit, marked when measured files have local changes)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
 
@@ -1312,7 +1321,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the tables and write them to the output folder.
 
-    Returns 0, or 1 when a measured command failed (its log tail is logged).
+    Returns 0, or 1 when a measured command failed (its log tail is logged; the rows
+    measured before it are still written).
     """
     args = parse_args(argv)
     logging.basicConfig(
@@ -1323,12 +1333,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = (args.work_dir or args.out_dir / "work").resolve()
     runs = work / "runs"
     source = build_study.resolve_source(args.source)
-    machine = machine_line(args.cores)
+    machine = machine_line(args.cores, args.commit)
     log.info("%s", machine)
     rows: list[Row] = []
     skipped: list[str] = []
     built: dict[int, tuple[Path, int]] = {}
     interval = args.sample_interval
+    failed = None
 
     def study_or_skip(size: int) -> tuple[Path, int] | None:
         try:
@@ -1341,11 +1352,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     vendors = []
     if args.profile_files:
-        vendors = profile_vendors(args.profile_files, args.profile_repeats)
+        try:
+            vendors = profile_vendors(args.profile_files, args.profile_repeats)
+        except RuntimeError as exc:
+            log.error("%s", exc)
+            skipped.append(f"per-vendor costs: {str(exc).splitlines()[0]}")
     try:
         for size in args.sizes:
             if (study := study_or_skip(size)) is not None:
-                rows += bench_size(study[0], study[1], runs, args.cores, interval, source)
+                bench_size(study[0], study[1], runs, args.cores, interval, source, rows)
         base = None
         if args.dry_run_sizes:
             base = built[max(built)] if built else study_or_skip(args.dry_run_base)
@@ -1364,7 +1379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows += bench_metadata_only(study[0], study[1], run, args.cores, interval)
     except RuntimeError as exc:
         log.error("%s", exc)
-        return 1
+        failed = str(exc).splitlines()[0]
+        skipped.append(f"stopped: {failed} (rows measured before it are kept)")
     rows = with_ratios(rows)
     biggest = max(args.sizes or args.metadata_only_sizes or [args.dry_run_base])
     notes = {
@@ -1381,7 +1397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(aligned_table(rows))
     print(machine)
     log.info("written %s and %s", args.out_dir / "benchmark.md", args.out_dir / "benchmark.tsv")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
