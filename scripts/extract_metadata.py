@@ -14,12 +14,17 @@ from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from fast_header import read_header_fast
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import BaseTag
 
 import privacy
+import series_cache
+import sharding
 import table_schema
 from dicom_io import FileProblem, HeaderRead, display_path, read_header
 from dicom_json import header_json
@@ -193,12 +198,17 @@ def _error(path: str, reason: str, detail: str, severity: str) -> dict:
 
 def read_shard(shard: Path) -> list[tuple[str, int]]:
     """The ``(path, file_size)`` entries of a shard list written by scan_study."""
-    entries = []
-    for line in shard.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            item = json.loads(line)
-            entries.append((item["path"], int(item["file_size"])))
-    return entries
+    return [(item["path"], int(item["file_size"])) for item in _shard_lines(shard)]
+
+
+def read_stamps(shard: Path) -> dict[str, list]:
+    """Each file's stamp in a shard list (every field but the path: size, times, inode)."""
+    return {item.pop("path"): list(item.values()) for item in _shard_lines(shard)}
+
+
+def _shard_lines(shard: Path) -> list[dict]:
+    lines = shard.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def extract_shard(
@@ -206,21 +216,75 @@ def extract_shard(
     entries: Sequence[tuple[str, int]],
     extra_keywords: Sequence[str] = (),
     key: bytes | None = None,
+    reuse: tuple[pa.Table, pa.Table, set[str]] | None = None,
 ):
-    """Index every file of a shard; returns ``(instances table, errors table)`` sorted by path."""
+    """Index every file of a shard; returns ``(instances table, errors table)`` sorted by path.
+
+    ``reuse`` is ``(instances, errors, paths)`` from an earlier run of this shard: the rows
+    of those paths are taken from there instead of reading the files again.
+    """
     keywords = table_schema.instance_keywords(extra_keywords)
+    kept = reuse[2] if reuse else set()
     rows, errors = [], []
     for path, size in sorted(entries):
+        if path in kept:
+            continue
         row, file_errors = extract_file(study, path, size, keywords, key)
         if row is not None:
             rows.append(row)
         errors.extend(file_errors)
     schema = table_schema.instances_schema(extra_keywords)
-    errors.sort(key=lambda e: (e["path"], e["severity"], e["reason"], e["detail"]))
+    instances = table_schema.table_from_rows(rows, schema)
+    errors = table_schema.table_from_rows(errors, table_schema.ERRORS_SCHEMA)
+    if kept:
+        instances = pa.concat_tables([instances, _rows_of(reuse[0], kept)])
+        errors = pa.concat_tables([errors, _rows_of(reuse[1], kept)])
+    order = ("path", "severity", "reason", "detail")
     return (
-        table_schema.table_from_rows(rows, schema),
-        table_schema.table_from_rows(errors, table_schema.ERRORS_SCHEMA),
+        instances.sort_by("path"),
+        errors.sort_by([(column, "ascending") for column in order]),
     )
+
+
+def _rows_of(table: pa.Table, paths: set[str]) -> pa.Table:
+    """Rows of ``table`` whose (display) path is one of ``paths`` (raw shard paths)."""
+    wanted = pa.array(sorted({display_path(p) for p in paths}), pa.string())
+    return table.filter(pc.is_in(table.column("path"), value_set=wanted))
+
+
+CACHE_VERSION = 1
+
+
+def cache_fingerprint(extra_keywords: Sequence[str], privacy_mode: str) -> str:
+    """What a shard's rows depend on besides its files: settings and the code."""
+    return series_cache.fingerprint("extract", CACHE_VERSION, list(extra_keywords), privacy_mode)
+
+
+def load_reuse(cache: Path, stamps: dict[str, list], fingerprint: str):
+    """Rows an earlier run of this shard left in ``cache``, for files whose stamp is unchanged.
+
+    Returns ``(instances, errors, paths)`` or None (no cache, other settings or code).
+    """
+    try:
+        meta = json.loads((cache / "stamps.json").read_text(encoding="utf-8"))
+        if meta["fingerprint"] != fingerprint:
+            return None
+        instances = pq.ParquetFile(cache / "instances.parquet").read()
+        errors = pq.ParquetFile(cache / "errors.parquet").read()
+    except (OSError, ValueError, KeyError, pa.ArrowException):
+        return None
+    same = {path for path, stamp in meta["stamps"].items() if stamps.get(path) == stamp}
+    return instances, errors, same
+
+
+def store_cache(cache: Path, instances, errors, stamps: dict[str, list], fingerprint: str):
+    """Keep this run's rows and the file stamps they were read at, for the next run."""
+    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "stamps.json").unlink(missing_ok=True)  # tables first, then what vouches for them
+    table_schema.write_table(instances, cache / "instances.parquet")
+    table_schema.write_table(errors, cache / "errors.parquet")
+    text = json.dumps({"fingerprint": fingerprint, "stamps": stamps})
+    sharding.write_if_changed(cache / "stamps.json", text.encode("utf-8", "surrogateescape"))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -230,6 +294,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--instances", required=True, help="output instances Parquet")
     parser.add_argument("--errors", required=True, help="output errors Parquet")
     parser.add_argument("--keyword", action="append", default=[], help="extra DICOM keyword")
+    parser.add_argument(
+        "--cache", type=Path, help="folder keeping this shard's rows for the next run"
+    )
     parser.add_argument(
         "--privacy",
         choices=("none", "pseudonymize"),
@@ -250,12 +317,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"extract_metadata: {exc}", file=sys.stderr)
         return 2
     entries = read_shard(args.shard)
-    instances, errors = extract_shard(args.study, entries, args.keyword, key)
+    reuse = stamps = fingerprint = None
+    if args.cache is not None and key is None:  # pseudonyms depend on a key we do not keep
+        stamps = read_stamps(args.shard)
+        fingerprint = cache_fingerprint(args.keyword, args.privacy)
+        reuse = load_reuse(args.cache, stamps, fingerprint)
+    instances, errors = extract_shard(args.study, entries, args.keyword, key, reuse)
+    if stamps is not None:
+        store_cache(args.cache, instances, errors, stamps, fingerprint)
     # small row groups let the merge stream every shard at once in little memory
     table_schema.write_table(instances, args.instances, row_group_size=SHARD_ROW_GROUP)
     table_schema.write_table(errors, args.errors)
     log.info(
-        "%d files: %d instances, %d error rows", len(entries), instances.num_rows, errors.num_rows
+        "%d files (%d unchanged since the last run): %d instances, %d error rows",
+        len(entries),
+        len(reuse[2]) if reuse else 0,
+        instances.num_rows,
+        errors.num_rows,
     )
     return 0
 

@@ -17,8 +17,11 @@ rule extract_metadata:
         study=STUDY,
         keywords=keyword_args(),
         privacy=config["privacy"]["mode"],
+        # rows of unchanged files are reused from here (not an output: Snakemake would
+        # delete it before the job)
+        cache=res("_work/extract_cache/shard_{shard}"),
     shell:
         "python {input.script:q} --study {params.study:q} --shard {input.shard:q}"
         " --instances {output.instances:q} --errors {output.errors:q} {params.keywords}"
-        " --privacy {params.privacy}"
+        " --privacy {params.privacy} --cache {params.cache:q}"
         " > {log:q} 2>&1"
