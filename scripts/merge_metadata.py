@@ -90,17 +90,23 @@ def _orientation_clusters(orientations: list) -> list[int | None]:
     """Cluster index per ImageOrientationPatient (None when absent), first-seen order."""
     reps: list = []
     labels: list[int | None] = []
+    seen: dict = {}  # slices of a series repeat one orientation: decide each value once
     for iop in orientations:
-        if iop is None or len(iop) != 6 or not geometry.is_valid_orientation(iop):
-            labels.append(None)
+        key = None if iop is None else tuple(iop)
+        if key in seen:
+            labels.append(seen[key])
             continue
-        for i, rep in enumerate(reps):
-            if geometry.same_orientation(iop, rep):
-                labels.append(i)
-                break
-        else:
-            reps.append(iop)
-            labels.append(len(reps) - 1)
+        label = None
+        if iop is not None and len(iop) == 6 and geometry.is_valid_orientation(iop):
+            for i, rep in enumerate(reps):
+                if geometry.same_orientation(iop, rep):
+                    label = i
+                    break
+            else:
+                reps.append(iop)
+                label = len(reps) - 1
+        seen[key] = label
+        labels.append(label)
     return labels
 
 
