@@ -60,10 +60,14 @@ _UNPACK_TAG_LEN = struct.Struct("<HHL").unpack_from
 _UNPACK_LEN32 = struct.Struct("<L").unpack_from
 _UNPACK_EXPLICIT = struct.Struct("<HH2sH").unpack_from
 
+_new_raw = tuple.__new__  # a RawDataElement without its keyword-argument constructor
+_RAW_DEFAULTS = (True, True, False)  # is_little_endian, is_raw, is_buffered
 _memo: dict = {}
 _last_sequence: dict = {}
 _UNPARSED: list = []
 """Items of an undefined-length sequence skipped as equal to the last one seen."""
+_ENCAPSULATED: list = []
+"""Marks encapsulated pixel data, read like pydicom: undefined length, fragments as bytes."""
 
 
 class _Fallback(Exception):
@@ -364,11 +368,14 @@ class _Converter:
         """A pydicom dataset of raw elements with the level's encoding, as pydicom reads one."""
         buf, implicit = self.buf, level.implicit
         raw = {}
-        for tag, vr, start, stop, _items in elements:
+        for tag, vr, start, stop, items in elements:
             value = buf[start:stop]
             key = BaseTag(tag)
-            raw[key] = RawDataElement(
-                key, None if vr is None else _vr_text(vr), len(value), value, start, implicit, True
+            length = 0xFFFFFFFF if items is _ENCAPSULATED else len(value)
+            raw[key] = _new_raw(
+                RawDataElement,
+                (key, None if vr is None else _vr_text(vr), length, value, start, implicit)
+                + _RAW_DEFAULTS,
             )
         ds = FileMetaDataset(raw) if meta else Dataset(raw, parent_encoding=level.encoding)
         ds.set_original_encoding(implicit, True, level.encoding)
@@ -598,6 +605,56 @@ def _meta_elements(parser: _Parser):
     if not out:
         raise _Fallback("no file meta")
     return out, pos
+
+
+def read_dataset_fast(path: str | os.PathLike) -> Dataset | None:
+    """A whole instance as :func:`dicom_io.read_for_pixels` reads it, or None to fall back.
+
+    Every element is kept raw (pydicom converts what is asked for), pixel data included;
+    files with anything after their pixel data, or no transfer syntax, fall back.
+    """
+    try:
+        with dicom_io.open_binary(path) as fh:
+            buf = fh.read()
+        meta, top, stop = _parse(buf, True)
+        converter = _Converter(buf)
+        elements = list(top.elements)
+        if stop < len(buf):
+            elements.append(_pixel_element(buf, stop, top.implicit))
+        ds = converter._dataset(top, elements)
+        ds.file_meta = converter.level_dataset(meta, meta=True)
+        return ds
+    except Exception:  # noqa: BLE001 - anything unusual is the reference reader's to judge
+        return None
+
+
+def _pixel_element(buf: bytes, pos: int, implicit: bool) -> list:
+    """The pixel data element at ``pos``, which must end the file (as parsed elements are)."""
+    group, element, length = _UNPACK_TAG_LEN(buf, pos)
+    vr = None
+    start = pos + 8
+    if not implicit:
+        vr = buf[pos + 4 : pos + 6]
+        if vr not in _LONG_VRS:
+            raise _Fallback("pixel data with a short VR")
+        (length,) = _UNPACK_LEN32(buf, pos + 8)
+        start = pos + 12
+    if length != 0xFFFFFFFF:
+        if start + length != len(buf):
+            raise _Fallback("bytes after the pixel data, or pixel data cut off")
+        return [group << 16 | element, vr, start, start + length, None]
+    item = start
+    while True:  # encapsulated: fragments up to the sequence delimiter, which ends the file
+        if item + 8 > len(buf):
+            raise _Fallback("encapsulated pixel data without a delimiter")
+        g, e, size = _UNPACK_TAG_LEN(buf, item)
+        if (g, e) == (0xFFFE, 0xE0DD):
+            if item + 8 != len(buf):
+                raise _Fallback("bytes after the pixel data")
+            return [group << 16 | element, vr, start, item, _ENCAPSULATED]
+        if (g, e) != (0xFFFE, 0xE000):
+            raise _Fallback("not an item inside encapsulated pixel data")
+        item += 8 + size
 
 
 _PIXEL_MODULE = tuple(

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import fast_header
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -198,7 +199,8 @@ class FrameDecoder:
         try:
             if frame.path != self._path:
                 self._path, self._ds = frame.path, None
-                self._ds = dicom_io.read_for_pixels(dicom_io.study_file(self.study, frame.path))
+                path = dicom_io.study_file(self.study, frame.path)
+                self._ds = fast_header.read_dataset_fast(path) or dicom_io.read_for_pixels(path)
             if decoded is not None:
                 photometric = str(self._ds.get("PhotometricInterpretation", "")).strip()
                 return decoded, rendering.value_units(self._ds, frame.frame), photometric, self._ds
@@ -369,7 +371,8 @@ def save_batch(
         facts = {k: v for k, v in record.items() if k != "batch"}  # the batch may renumber
         expected = series_cache.fingerprint(facts, inputs, sources, selection)
         hit = series_cache.load(cache_dir, key, expected)
-        if hit is not None and series_cache.stamps(results / r["npy_path"] for r in hit["m"]):
+        arrays = series_cache.stamps(results / r["npy_path"] for r in hit["m"]) if hit else None
+        if arrays is not None:  # every array still there (a series may have none)
             m, e = hit["m"], hit["e"]
             reused += 1
         else:
