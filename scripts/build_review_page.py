@@ -16,9 +16,8 @@ from collections.abc import Sequence
 
 import pyarrow.parquet as pq
 
-from make_contact_sheets import SHEETS_SCHEMA
 from sharding import short_hash
-from table_schema import read_parts, without_pandas
+from table_schema import SHEETS_SCHEMA, read_parts, without_pandas
 
 log = logging.getLogger("build_review_page")
 

@@ -25,9 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import table_schema
-from render_thumbnails import THUMBNAILS_SCHEMA
-from save_slices import MANIFEST_SCHEMA
-from table_schema import read_parts
+from table_schema import MANIFEST_SCHEMA, THUMBNAILS_SCHEMA, read_parts
 
 log = logging.getLogger("finalize_tables")
 

@@ -29,13 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - backend must be chosen first
 
 log = logging.getLogger("make_contact_sheets")
 
-SHEETS_SCHEMA = pa.schema(
-    [
-        ("series_key", pa.string()),
-        ("sheet_path", pa.string()),
-        ("n_tiles", pa.int64()),
-    ]
-)
+SHEETS_SCHEMA = table_schema.SHEETS_SCHEMA
 
 DPI = 100
 LABEL_PX = 18

@@ -24,18 +24,7 @@ import table_schema
 
 log = logging.getLogger("render_thumbnails")
 
-THUMBNAILS_SCHEMA = pa.schema(
-    [
-        ("series_key", pa.string()),
-        ("npy_path", pa.string()),
-        ("png_path", pa.string()),
-        ("window_source", pa.string()),
-        ("window_center_used", pa.float64()),
-        ("window_width_used", pa.float64()),
-        ("png_height", pa.int64()),
-        ("png_width", pa.int64()),
-    ]
-)
+THUMBNAILS_SCHEMA = table_schema.THUMBNAILS_SCHEMA
 
 
 def choose_window(

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import fast_header
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from pydicom.dataset import Dataset
 
@@ -30,28 +29,7 @@ from merge_metadata import BATCH_INSTANCE_COLUMNS
 
 log = logging.getLogger("save_slices")
 
-MANIFEST_SCHEMA = pa.schema(
-    [
-        ("series_key", pa.string()),
-        ("plane", pa.string()),
-        ("index", pa.int64()),
-        ("n_in_plane", pa.int64()),
-        ("npy_path", pa.string()),
-        ("png_path", pa.string()),
-        ("source_path", pa.string()),
-        ("frame", pa.int64()),
-        ("position_mm", pa.float64()),
-        ("pixel_spacing_mm", pa.list_(pa.float64())),
-        ("value_units", pa.string()),
-        ("photometric", pa.string()),
-        ("window_center", pa.float64()),
-        ("window_width", pa.float64()),
-        ("voi_lut_function", pa.string()),
-        ("voi_lut_source", pa.string()),
-        ("rows", pa.int64()),
-        ("columns", pa.int64()),
-    ]
-)
+MANIFEST_SCHEMA = table_schema.MANIFEST_SCHEMA
 
 INSTANCE_COLUMNS = BATCH_INSTANCE_COLUMNS
 

@@ -16,7 +16,6 @@ from functools import cache
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydicom.datadict import dictionary_VM, dictionary_VR, tag_for_keyword
 
 CORE_KEYWORDS = (
     "SOPClassUID",
@@ -80,6 +79,8 @@ def keyword_vr(keyword: str) -> tuple[str, bool]:
     ValueError
         If ``keyword`` is not a DICOM keyword in pydicom's data dictionary.
     """
+    from pydicom.datadict import dictionary_VM, dictionary_VR, tag_for_keyword
+
     tag = tag_for_keyword(keyword)
     if tag is None:
         raise ValueError(f"Unknown DICOM keyword {keyword!r}")
@@ -221,6 +222,53 @@ ERRORS_SCHEMA = pa.schema(
     ]
 )
 """``errors.parquet``: severity ``error``: not an instance; ``warning``: instance with a problem."""
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("series_key", pa.string()),
+        ("plane", pa.string()),
+        ("index", pa.int64()),
+        ("n_in_plane", pa.int64()),
+        ("npy_path", pa.string()),
+        ("png_path", pa.string()),
+        ("source_path", pa.string()),
+        ("frame", pa.int64()),
+        ("position_mm", pa.float64()),
+        ("pixel_spacing_mm", pa.list_(pa.float64())),
+        ("value_units", pa.string()),
+        ("photometric", pa.string()),
+        ("window_center", pa.float64()),
+        ("window_width", pa.float64()),
+        ("voi_lut_function", pa.string()),
+        ("voi_lut_source", pa.string()),
+        ("rows", pa.int64()),
+        ("columns", pa.int64()),
+    ]
+)
+"""``_work/slices/batch_N.parquet``: one row per saved slice (a batch's manifest)."""
+
+THUMBNAILS_SCHEMA = pa.schema(
+    [
+        ("series_key", pa.string()),
+        ("npy_path", pa.string()),
+        ("png_path", pa.string()),
+        ("window_source", pa.string()),
+        ("window_center_used", pa.float64()),
+        ("window_width_used", pa.float64()),
+        ("png_height", pa.int64()),
+        ("png_width", pa.int64()),
+    ]
+)
+"""``_work/thumbnails/batch_N.parquet``: one row per rendered thumbnail."""
+
+SHEETS_SCHEMA = pa.schema(
+    [
+        ("series_key", pa.string()),
+        ("sheet_path", pa.string()),
+        ("n_tiles", pa.int64()),
+    ]
+)
+"""``_work/sheets/batch_N.parquet``: one row per contact sheet."""
 
 
 def without_pandas() -> None:
