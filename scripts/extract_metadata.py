@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import sys
 from collections.abc import Sequence
 from functools import cache
@@ -277,12 +279,20 @@ def load_reuse(cache: Path, stamps: dict[str, list], fingerprint: str):
     return instances, errors, same
 
 
-def store_cache(cache: Path, instances, errors, stamps: dict[str, list], fingerprint: str):
-    """Keep this run's rows and the file stamps they were read at, for the next run."""
+def store_cache(cache: Path, tables: dict[str, str], stamps: dict[str, list], fingerprint: str):
+    """Keep this run's tables (``{"instances": path, "errors": path}``, hard-linked, else
+    copied) and the file stamps they were read at, for the next run.
+    """
     cache.mkdir(parents=True, exist_ok=True)
     (cache / "stamps.json").unlink(missing_ok=True)  # tables first, then what vouches for them
-    table_schema.write_table(instances, cache / "instances.parquet")
-    table_schema.write_table(errors, cache / "errors.parquet")
+    for name, path in tables.items():
+        tmp = cache / f"{name}.parquet.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, tmp)  # outputs are replaced, never rewritten in place
+        except OSError:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, cache / f"{name}.parquet")
     text = json.dumps({"fingerprint": fingerprint, "stamps": stamps})
     sharding.write_if_changed(cache / "stamps.json", text.encode("utf-8", "surrogateescape"))
 
@@ -323,11 +333,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         fingerprint = cache_fingerprint(args.keyword, args.privacy)
         reuse = load_reuse(args.cache, stamps, fingerprint)
     instances, errors = extract_shard(args.study, entries, args.keyword, key, reuse)
-    if stamps is not None:
-        store_cache(args.cache, instances, errors, stamps, fingerprint)
     # small row groups let the merge stream every shard at once in little memory
     table_schema.write_table(instances, args.instances, row_group_size=SHARD_ROW_GROUP)
     table_schema.write_table(errors, args.errors)
+    if stamps is not None:
+        tables = {"instances": args.instances, "errors": args.errors}
+        store_cache(args.cache, tables, stamps, fingerprint)
     log.info(
         "%d files (%d unchanged since the last run): %d instances, %d error rows",
         len(entries),
