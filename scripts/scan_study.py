@@ -37,26 +37,29 @@ def walk_files(study: Path) -> list[tuple[str, int, int, int, int]]:
     Symlinks to files are listed like files; symlinked folders are not followed,
     which also keeps symlink loops from running forever.
     """
-    unreadable: list[str] = []
+    unreadable = 0
     files: list[tuple[str, int, int, int, int]] = []
-
-    def onerror(exc: OSError) -> None:
-        unreadable.append(exc.filename)
-
-    for dirpath, dirnames, filenames in os.walk(study, onerror=onerror, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
+    folders = [(os.fspath(study), "")]
+    while folders:  # os.scandir: file types come with the listing, one stat per file
+        folder, prefix = folders.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError:
+            unreadable += 1
+            continue
+        for entry in entries:
             try:
-                info = os.stat(full)
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append((entry.path, f"{prefix}{entry.name}/"))
+                    continue
+                info = entry.stat()  # follows a symlink to a file
             except OSError:
                 continue
-            if not stat.S_ISREG(info.st_mode):
-                continue
-            relative = Path(os.path.relpath(full, study)).as_posix()
-            files.append((relative, *stamp(info)))
+            if stat.S_ISREG(info.st_mode):
+                files.append((prefix + entry.name, *stamp(info)))
     if unreadable:
-        log.warning("%d folder(s) could not be listed (permission denied?)", len(unreadable))
+        log.warning("%d folder(s) could not be listed (permission denied?)", unreadable)
     return sorted(files)
 
 
