@@ -366,20 +366,21 @@ class _Converter:
 
     def _dataset(self, level: _Level, elements: list, meta: bool = False) -> Dataset:
         """A pydicom dataset of raw elements with the level's encoding, as pydicom reads one."""
-        buf, implicit = self.buf, level.implicit
-        raw = {}
-        for tag, vr, start, stop, items in elements:
-            value = buf[start:stop]
-            key = BaseTag(tag)
-            length = 0xFFFFFFFF if items is _ENCAPSULATED else len(value)
-            raw[key] = _new_raw(
-                RawDataElement,
-                (key, None if vr is None else _vr_text(vr), length, value, start, implicit)
-                + _RAW_DEFAULTS,
-            )
+        raw = dict(self._raw(level, element) for element in elements)
         ds = FileMetaDataset(raw) if meta else Dataset(raw, parent_encoding=level.encoding)
-        ds.set_original_encoding(implicit, True, level.encoding)
+        ds.set_original_encoding(level.implicit, True, level.encoding)
         return ds
+
+    def _raw(self, level: _Level, element: list) -> tuple[BaseTag, RawDataElement]:
+        """An element as pydicom's reader leaves it: a RawDataElement holding its bytes."""
+        tag, vr, start, stop, items = element
+        value = self.buf[start:stop]
+        key = BaseTag(tag)
+        length = 0xFFFFFFFF if items is _ENCAPSULATED else len(value)
+        vr_text = None if vr is None else _vr_text(vr)
+        return key, _new_raw(
+            RawDataElement, (key, vr_text, length, value, start, level.implicit) + _RAW_DEFAULTS
+        )
 
     def context(self, level: _Level, element: list, creator, meta: bool) -> Dataset:
         """The dataset pydicom converts ``element`` in: its level's, with the element (and
@@ -391,18 +392,10 @@ class _Converter:
         if creator is not None:
             block = tag >> 16 << 16 | (tag & 0xFF00) >> 8
             wanted += [e for e in level.elements if e[0] == block]
-        for tag, vr, start, stop, _items in wanted:
-            if BaseTag(tag) not in ds._dict:
-                value = self.buf[start:stop]
-                ds._dict[BaseTag(tag)] = RawDataElement(
-                    BaseTag(tag),
-                    None if vr is None else _vr_text(vr),
-                    len(value),
-                    value,
-                    start,
-                    level.implicit,
-                    True,
-                )
+        for element in wanted:
+            if element[0] not in ds._dict:
+                key, raw = self._raw(level, element)
+                ds._dict[key] = raw
         return ds
 
     def creators(self, level: _Level) -> dict[int, str]:
