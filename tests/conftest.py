@@ -1,4 +1,11 @@
-"""Shared fixtures: the demo study's metadata tables, built once per test session."""
+"""Shared fixtures: the demo study's metadata tables and one full workflow run on it.
+
+``pytest`` runs on up to 2 pytest-xdist workers with ``--dist loadfile`` (pyproject.toml):
+all tests of a file run on one worker, so module fixtures are built once, the one SLURM
+test cluster is started once, and no two processes run snakemake in one folder. Session
+fixtures are built once per worker, each in the worker's own temp folder. ``pytest -n 0``
+runs everything in one process.
+"""
 
 from __future__ import annotations
 

@@ -227,6 +227,7 @@ class TestCorpusGeneration:
         assert outcomes[f"truncated/{source}/{label}.dcm"] == expected
 
 
+@pytest.mark.slow
 class TestWorkflowOnCorruptCorpus:
     def test_run_finishes_with_exit_code_0(self, corpus_run):
         assert corpus_run.returncode == 0, corpus_run.stderr[-4000:]
@@ -325,6 +326,7 @@ class TestWorkflowOnCorruptCorpus:
         assert corpus_run.outcomes["permissions/no_read.dcm"] == expected
 
 
+@pytest.mark.slow
 class TestValidFilesInTheMix:
     """The valid files come out of the corpus run exactly as out of a run on them alone."""
 

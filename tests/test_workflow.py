@@ -104,6 +104,7 @@ class TestWorkflowOnDemoStudy:
         assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # each starts snakemake: 3-10 s apiece
 class TestSnakemakeChecks:
     def test_lint_is_clean(self):
         proc = snakemake(ROOT, "--lint", check=False)
