@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections import Counter
@@ -38,6 +39,42 @@ def add_series(study, name: str = "new_series") -> None:
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.2"
     (study / name).mkdir()
     ds.save_as(study / name / "IM_0001")
+
+
+def scrub_in_place(path) -> None:
+    """Rewrite a file's pixel bytes at the same size and set its mtime back (a scrubber's edit)."""
+    pixels = bytes(pydicom.dcmread(path).PixelData)
+    info = os.stat(path)
+    data = path.read_bytes()
+    start = data.rindex(pixels)
+    path.write_bytes(data[:start] + bytes(b ^ 0x5A for b in pixels) + data[start + len(pixels) :])
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (info.st_size, info.st_mtime_ns)
+
+
+def outputs_match_tables(results) -> None:
+    """Every array, thumbnail and sheet on disk is one the final tables list, and back."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(results / "metadata" / "slices.parquet").to_pylist()
+    listed = {r["npy_path"] for r in rows} | {r["png_path"] for r in rows}
+    listed |= {f"contact_sheets/{r['series_key']}.png" for r in rows}
+    on_disk = {
+        p.relative_to(results).as_posix()
+        for folder in ("slices", "thumbnails", "contact_sheets")
+        for p in (results / folder).rglob("*")
+        if p.is_file()
+    }
+    assert on_disk == listed
+    folders = {p.name for p in (results / "slices").iterdir()}
+    assert folders == {r["series_key"] for r in rows}
+
+
+def series_files(results, key: str) -> dict[str, bytes]:
+    """The bytes of a series' arrays, thumbnails and sheet, by result-relative path."""
+    paths = [*(results / "slices" / key).iterdir(), *(results / "thumbnails" / key).iterdir()]
+    paths.append(results / "contact_sheets" / f"{key}.png")
+    return {p.relative_to(results).as_posix(): p.read_bytes() for p in paths}
 
 
 @pytest.mark.slow
@@ -102,3 +139,37 @@ class TestReruns:
         assert on_disk == listed
         assert max(r["index"] for r in rows if r["n_in_plane"] == 35) < 35
         assert sum(1 for r in rows if r["n_in_plane"] == 35) == 3
+
+    def test_pixels_rewritten_in_place_with_the_mtime_set_back_are_redone(self, finished):
+        import pyarrow.parquet as pq
+
+        results = finished / "results"
+        path = "misc_samples/ct/CT_small.dcm"
+        instances = pq.read_table(results / "metadata" / "instances.parquet").to_pylist()
+        key = next(r["series_key"] for r in instances if r["path"] == path)
+        before = series_files(results, key)
+        scrub_in_place(finished / "study" / path)
+        ran = jobs_run(snakemake(finished, *RUN).stderr)
+        assert ran["extract_metadata"] == 1
+        # only the batch holding the scrubbed series is redone, and all of its outputs
+        assert ran["save_slices"] == ran["render_thumbnails"] == ran["make_contact_sheets"] == 1
+        after = series_files(results, key)
+        assert set(after) == set(before)
+        assert all(after[p] != before[p] for p in before), "an output still shows the old pixels"
+        assert jobs_run(snakemake(finished, *RUN).stderr) == Counter()
+
+    def test_a_removed_series_folder_leaves_no_arrays_thumbnails_or_sheets(self, finished):
+        import pyarrow.parquet as pq
+
+        results = finished / "results"
+        before = pq.read_table(results / "metadata" / "series.parquet").to_pylist()
+        shutil.rmtree(finished / "study" / "misc_samples" / "us")
+        snakemake(finished, *RUN)
+        after = pq.read_table(results / "metadata" / "series.parquet").to_pylist()
+        gone = {r["series_key"] for r in before} - {r["series_key"] for r in after}
+        assert len(gone) == 4  # the four ultrasound files are four series
+        for key in gone:
+            assert not (results / "slices" / key).exists()
+            assert not (results / "thumbnails" / key).exists()
+            assert not (results / "contact_sheets" / f"{key}.png").exists()
+        outputs_match_tables(results)

@@ -132,8 +132,9 @@ class Study:
     # --- changes: each returns a line saying what it did -------------------------------
 
     def pixels(self) -> str:
-        """Pixel bytes rewritten in place: same size, same mtime (a scrubber's edit)."""
-        candidates = []
+        """Every pixel byte of a folder's files rewritten in place: same sizes, same
+        mtimes (what a scrubber does to a series), so the outputs must change."""
+        by_folder: dict[Path, list[tuple[Path, bytes]]] = {}
         for path in self.files():
             try:
                 with warnings.catch_warnings():
@@ -143,21 +144,21 @@ class Study:
                 continue
             syntax = ds.file_meta.get("TransferSyntaxUID")
             if "PixelData" in ds and syntax is not None and not syntax.is_compressed:
-                candidates.append((path, bytes(ds.PixelData)))
-        if not candidates:
+                by_folder.setdefault(path.parent, []).append((path, bytes(ds.PixelData)))
+        if not by_folder:
             return self.corrupt()
-        path, pixels = self.rng.choice(candidates)
-        info = path.stat()
-        data = path.read_bytes()
-        start = data.rindex(pixels)
-        scrubbed = bytes(b ^ 0x5A for b in pixels)
-        with open(path, "r+b") as fh:
-            fh.seek(start)
-            fh.write(scrubbed)
-        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
-        after = path.stat()
-        assert (after.st_size, after.st_mtime_ns) == (info.st_size, info.st_mtime_ns)
-        return f"pixels rewritten in place, mtime restored: {self.relative(path)}"
+        folder = self.rng.choice(sorted(by_folder))
+        for path, pixels in by_folder[folder]:
+            info = path.stat()
+            start = path.read_bytes().rindex(pixels)
+            with open(path, "r+b") as fh:
+                fh.seek(start)
+                fh.write(bytes(b ^ 0x5A for b in pixels))
+            os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+            after = path.stat()
+            assert (after.st_size, after.st_mtime_ns) == (info.st_size, info.st_mtime_ns)
+        names = ", ".join(path.name for path, _ in by_folder[folder])
+        return f"pixels rewritten in place, mtimes restored: {self.relative(folder)}: {names}"
 
     def add(self) -> str:
         if not self.pool:
