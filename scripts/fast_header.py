@@ -66,6 +66,11 @@ _memo: dict = {}
 _last_sequence: dict = {}
 _UNPARSED: list = []
 """Items of an undefined-length sequence skipped as equal to the last one seen."""
+_SEGMENT = -1
+"""Tag of a parsed entry standing for a run of elements equal to a known segment."""
+_segments: dict = {}
+_previous_values: dict = {}
+_volatile: set = set()
 _ENCAPSULATED: list = []
 """Marks encapsulated pixel data, read like pydicom: undefined length, fragments as bytes."""
 
@@ -177,10 +182,95 @@ def _direct_json(vr: str, value: bytes, charset) -> str | None:
     return f'{{"Value":{_dumps(items)},"vr":"{vr}"}}'
 
 
+class _Segment:
+    """A run of top-level elements (whole headers and values) seen before, byte for byte.
+
+    Slices of a series repeat long runs of their header; the parser jumps over a run that
+    starts with the same bytes as a known segment (the same bytes parse the same way), and
+    its JSON is memoised as one piece.
+    """
+
+    __slots__ = ("data", "elements", "first_tag", "last_tag", "private_unresolved")
+
+    def __init__(self, data: bytes, elements: list, implicit: bool):
+        self.data = data
+        self.elements = elements  # [tag, vr, start, stop, None], offsets within ``data``
+        self.first_tag = elements[0][0]
+        self.last_tag = elements[-1][0]
+        self.private_unresolved = any(
+            e[0] & 0x10000 and (e[1] is None or e[1] == b"UN") for e in elements
+        )
+
+
+def _expanded(elements: list):
+    """Parsed entries with segments replaced by their elements (at absolute offsets)."""
+    for element in elements:
+        if element[0] == _SEGMENT:
+            base = element[2]
+            for tag, vr, start, stop, _items in element[1].elements:
+                yield [tag, vr, base + start, base + stop, None]
+        else:
+            yield element
+
+
+MIN_SEGMENT = 3
+"""Fewest elements worth a segment."""
+
+
+def _learn_segments(buf: bytes, level: _Level) -> None:
+    """Record the runs of this header that did not change since the previous header.
+
+    An element whose value differed from the last header's is volatile (an instance UID,
+    a position, a time) and ends a run; undefined-length sequences end runs too (their
+    items carry offsets of their own).
+    """
+    if len(_segments) > MEMO_LIMIT // 100:
+        _segments.clear()
+    run: list = []
+    implicit = level.implicit
+
+    def flush() -> None:
+        if len(run) >= MIN_SEGMENT:
+            first = run[0]
+            header = first[2] - (12 if first[1] in _LONG_VRS else 8)
+            data = buf[header : run[-1][3]]
+            known = _segments.setdefault((data[:4], implicit), [])
+            if not any(seg.data == data for seg in known):
+                elements = [[t, v, a - header, b - header, None] for t, v, a, b, _ in run]
+                known.insert(0, _Segment(data, elements, implicit))
+                del known[4:]
+        run.clear()
+
+    for element in level.elements:
+        tag, _vr, start, stop, items = element
+        if tag == _SEGMENT or items is not None:
+            flush()
+            continue
+        value = buf[start:stop]
+        before = _previous_values.get(tag)
+        _previous_values[tag] = value
+        if before is not None and before != value:
+            _volatile.add(tag)
+        if tag in _volatile:
+            flush()
+            continue
+        run.append(element)
+    flush()
+
+
 class _Level:
     """One dataset (top level or sequence item): its parsed elements and conversion context."""
 
-    __slots__ = ("elements", "encoding", "charset_key", "implicit", "in_item", "top", "_ds")
+    __slots__ = (
+        "elements",
+        "encoding",
+        "charset_key",
+        "implicit",
+        "in_item",
+        "top",
+        "_ds",
+        "_creator_key",
+    )
 
     def __init__(
         self, elements: list, encoding, implicit: bool, in_item: bool = False, top: bool = False
@@ -192,6 +282,7 @@ class _Level:
         self.implicit = implicit
         self.in_item = in_item  # pydicom resolves some VRs of items from their ancestors
         self._ds = None
+        self._creator_key = None
 
 
 class _Parser:
@@ -222,7 +313,23 @@ class _Parser:
         unpack_implicit, unpack_explicit = _UNPACK_TAG_LEN, _UNPACK_EXPLICIT
         unpack_len = _UNPACK_LEN32
         long_vrs, short_vrs = _LONG_VRS, _SHORT_VRS
+        segments = _segments if top and _segments else None
         while pos + 8 <= bound:
+            if segments is not None:
+                known = segments.get((buf[pos : pos + 4], implicit))
+                if known is not None:
+                    for segment in known:
+                        if buf.startswith(segment.data, pos):
+                            if segment.first_tag <= last:
+                                raise _Fallback("tags out of order or misplaced")
+                            last = segment.last_tag
+                            append([_SEGMENT, segment, pos, pos + len(segment.data), None])
+                            pos += len(segment.data)
+                            break
+                    else:
+                        known = None
+                    if known is not None:
+                        continue
             if implicit:
                 group, element, length = unpack_implicit(buf, pos)
                 vr = None
@@ -356,7 +463,7 @@ class _Converter:
             keep = self.keep if level.top else None
             elements = [
                 e
-                for e in level.elements
+                for e in _expanded(level.elements)
                 if not e[0] & 0x10000
                 and (keep is None or e[0] in keep or e[0] >> 16 in _CONTEXT_GROUPS)
                 or e[0] == _CHARSET
@@ -391,18 +498,24 @@ class _Converter:
         wanted = [element]
         if creator is not None:
             block = tag >> 16 << 16 | (tag & 0xFF00) >> 8
-            wanted += [e for e in level.elements if e[0] == block]
+            wanted += [e for e in _expanded(level.elements) if e[0] == block]
         for element in wanted:
             if element[0] not in ds._dict:
                 key, raw = self._raw(level, element)
                 ds._dict[key] = raw
         return ds
 
+    def creator_key(self, level: _Level) -> frozenset:
+        """The level's private creators as a memo key part (computed once per level)."""
+        if level._creator_key is None:
+            level._creator_key = frozenset(self.creators(level).items())
+        return level._creator_key
+
     def creators(self, level: _Level) -> dict[int, str]:
         """Private creator of each block (``gggg00xx``) of a level, as pydicom reads it."""
         buf = self.buf
         out = {}
-        for tag, _vr, start, stop, items in level.elements:
+        for tag, _vr, start, stop, items in _expanded(level.elements):
             if tag & 0x10000 and 0x10 <= tag & 0xFFFF < 0x100 and items is None:
                 value = buf[start:stop]
                 if b"\\" in value or not value.isascii():
@@ -412,14 +525,47 @@ class _Converter:
 
     def json_text(self, level: _Level, meta: bool = False, prefix: str = "") -> str:
         """DICOM JSON of one level as compact, key-sorted text; problems go to ``problems``."""
+        parts: list[str] = []
+        self._parts(level, level.elements, meta, prefix, parts, self.problems)
+        if len(_memo) > MEMO_LIMIT:
+            _memo.clear()
+            _last_sequence.clear()
+            _segments.clear()
+        return "{" + ",".join(parts) + "}"
+
+    def _parts(
+        self, level: _Level, elements: list, meta: bool, prefix: str, parts: list, problems: list
+    ) -> bool:
+        """Append the JSON of ``elements`` (of ``level``) to ``parts``; False when one of
+        them depends on other elements of the dataset (so the result must not be memoised).
+        """
         buf = self.buf
         memo = _memo
-        parts = []
-        problems = self.problems
+        memoisable = True
         creators = None
         charset, implicit = level.charset_key, level.implicit
-        for element in level.elements:
+        for element in elements:
             tag, vr, start, stop, items = element
+            if tag == _SEGMENT:
+                segment = vr
+                context = self.creator_key(level) if segment.private_unresolved else None
+                key = (segment.data, charset, implicit, context)
+                hit = memo.get(key)
+                if hit is None:
+                    inner_parts: list[str] = []
+                    inner_problems: list[str] = []
+                    inner = list(_expanded([element]))
+                    if self._parts(level, inner, meta, "", inner_parts, inner_problems):
+                        hit = memo[key] = (",".join(inner_parts), tuple(inner_problems))
+                    else:
+                        memoisable = False
+                        hit = (",".join(inner_parts), tuple(inner_problems))
+                text, failed = hit
+                if text:
+                    parts.append(text)
+                if failed:
+                    problems.extend((prefix + p)[:300] for p in failed)
+                continue
             creator = None
             if vr is None or vr == b"UN":
                 if tag & 0x10000:
@@ -435,6 +581,7 @@ class _Converter:
                     if level.in_item:
                         raise _Fallback("context-dependent VR inside a sequence item")
                     # depends on other elements of the dataset: converted every time
+                    memoisable = False
                     text, failed = self.convert(self.level_dataset(level, meta), tag)
                     if text is not None:
                         parts.append(f'"{_key8(tag)}":{text}')
@@ -477,10 +624,7 @@ class _Converter:
                 parts.append(text)
             if failed:
                 problems.extend((prefix + p)[:300] for p in failed)
-        if len(memo) > MEMO_LIMIT:
-            memo.clear()
-            _last_sequence.clear()
-        return "{" + ",".join(parts) + "}"
+        return memoisable
 
     def sequence(self, tag: int, items: list, parent: _Level) -> tuple[str, tuple]:
         """JSON text of a sequence element and its problems relative to the parent level."""
@@ -557,7 +701,7 @@ def _parse(buf: bytes, complete: bool):
 
 def _encoding(buf: bytes, elements: list, inherited):
     """Character set of a dataset: its own (0008,0005), else the one it inherits."""
-    for tag, _vr, start, stop, _items in elements:
+    for tag, _vr, start, stop, _items in _expanded(elements):
         if tag == _CHARSET:
             return convert_encodings(convert_string(buf[start:stop] or b"", True))
         if tag > _CHARSET:
@@ -611,7 +755,7 @@ def read_dataset_fast(path: str | os.PathLike) -> Dataset | None:
             buf = fh.read()
         meta, top, stop = _parse(buf, True)
         converter = _Converter(buf)
-        elements = list(top.elements)
+        elements = list(_expanded(top.elements))
         if stop < len(buf):
             elements.append(_pixel_element(buf, stop, top.implicit))
         ds = converter._dataset(top, elements)
@@ -691,6 +835,7 @@ def read_header_fast(path: str | os.PathLike, keep: frozenset | None = None):
             converter = _Converter(buf, keep)
             meta_text = converter.json_text(meta, meta=True)
             ds_text = converter.json_text(top)
+            _learn_segments(buf, top)
             dataset = converter.level_dataset(top)
             dataset.file_meta = converter.level_dataset(meta, meta=True)
             fh.seek(stop)
