@@ -82,3 +82,41 @@ class TestShortHash:
     def test_short_hash_is_the_golden_sha1_prefix(self):
         assert short_hash("uid:1.2.3.4") == "2b6fc66d4827"
         assert short_hash("uid:1.2.3.4", 6) == "2b6fc6"
+
+
+DEMO_PIXEL_SERIES_BATCHES = {
+    # series_key: batch, for the demo's 11 image series in 2 batches (8 series per batch);
+    # key = sha1("uid:" + SeriesInstanceUID)[:12] (CT: of its folder fallback), "-n" per
+    # stack; batch = first 16 hex digits of sha1(key) modulo 2, both from coreutils
+    "03f687752157-1": 0,
+    "03f687752157-2": 0,
+    "15a1c95aea5a": 0,
+    "2269c1ad0a50": 1,
+    "3f47545f5eb5": 0,
+    "932a55d8cda2": 0,
+    "a839a06db08a": 0,
+    "c30a46e64356": 0,
+    "dd0b149f14c6": 0,
+    "e22c49a7fc28": 0,
+    "ef492e5a1d5c": 0,
+}
+
+
+class TestDemoBatches:
+    def test_demo_image_series_have_their_golden_keys_and_batches(self, demo_metadata):
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(demo_metadata["series"]).to_pylist()
+        batches = {r["series_key"]: r["batch"] for r in rows if r["has_pixels"]}
+        assert batches == DEMO_PIXEL_SERIES_BATCHES
+        assert [r["batch"] for r in rows if not r["has_pixels"]] == [None, None, None]
+
+    def test_the_demo_mr_key_is_the_golden_hash_of_its_series_uid(self, demo_metadata):
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(demo_metadata["series"]).to_pylist()
+        (mr,) = [r for r in rows if r["SeriesDescription"] == "t1_fl2d_sag"]
+        assert (
+            mr["SeriesInstanceUID"] == "1.3.12.2.1107.5.2.43.67060.2022040715044210837860713.0.0.0"
+        )
+        assert mr["series_key"] == "15a1c95aea5a"
