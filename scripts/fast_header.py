@@ -755,6 +755,7 @@ def read_dataset_fast(path: str | os.PathLike) -> Dataset | None:
             buf = fh.read()
         meta, top, stop = _parse(buf, True)
         converter = _Converter(buf)
+        _learn_segments(buf, top)
         elements = list(_expanded(top.elements))
         if stop < len(buf):
             elements.append(_pixel_element(buf, stop, top.implicit))
