@@ -37,7 +37,7 @@ from pydicom.values import convert_string
 import dicom_io
 from dicom_json import _is_bulk, element_entry
 
-INITIAL_READ = 4 * 1024 * 1024
+INITIAL_READ = 64 * 1024
 """Bytes read at first; a header running past them is parsed again from a larger read."""
 
 MEMO_LIMIT = 200_000
