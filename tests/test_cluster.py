@@ -29,8 +29,9 @@ LOCAL_PROFILE = ROOT / "workflow" / "profiles" / "default"
 # start_slurm.sh exit codes that mean "no cluster can be had here", not "SLURM is broken"
 CANNOT_INSTALL, SLOT_TAKEN = 3, 4
 # per-run records, not results: logs hold times and host names, benchmarks hold timings,
-# and _work/cache/ the file times the per-series caches are keyed by
-NOT_RESULTS = ("logs", "benchmarks")
+# and _work/ the file stamps and times its caches and work lists are keyed by (the README's
+# rerun guarantee sets all three aside)
+NOT_RESULTS = ("logs", "benchmarks", "_work")
 CLUSTER_CPUS = 2
 
 pytestmark = pytest.mark.slow
@@ -64,7 +65,7 @@ def _results(folder: Path) -> dict[str, str]:
     return {
         path: digest
         for path, digest in tree_digest(folder).items()
-        if path.split("/", 1)[0] not in NOT_RESULTS and not path.startswith("_work/cache/")
+        if path.split("/", 1)[0] not in NOT_RESULTS
     }
 
 

@@ -131,7 +131,10 @@ class TestKillAndResume:
         written = {f"{extract}.instances.parquet", f"{extract}.errors.parquet"}
         proc = start_workflow(tmp_path)
         try:
-            wait_for(lambda: written <= marked_incomplete(tmp_path))  # the job has started
+            # the job's shell has started once it opened its log (Snakemake marks the
+            # outputs incomplete just before); from then on it runs without Snakemake
+            log = tmp_path / "results" / "logs" / "extract_metadata" / "shard_0000.log"
+            wait_for(lambda: log.exists() and written <= marked_incomplete(tmp_path))
             os.kill(proc.pid, signal.SIGSTOP)  # Snakemake freezes; its running job goes on
             wait_for(lambda: all((tmp_path / p).exists() for p in written))
         finally:
