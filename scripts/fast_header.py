@@ -7,8 +7,10 @@ costs ten times the read. Here the header is parsed from one in-memory buffer wi
 ``struct.unpack_from``, and each element's JSON text is memoised by its raw bytes and
 everything its conversion depends on (tag, VR, character set, private creator, syntax).
 Slices of one series repeat most elements byte for byte, so only the elements that
-differ are converted, and they are converted by pydicom itself (``dicom_json``), so the
-result is the reference's by construction.
+differ are converted: the plain forms of common VRs directly (pinned to pydicom by tests),
+everything else by pydicom itself (``dicom_json``), so the result is the reference's.
+Runs of top-level elements unchanged since the previous header ("segments") are skipped
+by the parser and converted as one memoised piece.
 
 Anything unusual (no preamble, big endian, deflate, undefined-length non-sequences,
 implicit items in explicit data, out-of-order or duplicate tags, a value running past
