@@ -45,6 +45,13 @@ INITIAL_READ = 64 * 1024
 MEMO_LIMIT = 200_000
 """Memoised element conversions kept per process before the memo is cleared."""
 
+MEMO_LIMIT_BYTES = 256 * 1024 * 1024
+"""Bytes of memoised values and JSON kept per process before the memo is cleared."""
+
+MEMO_MAX_BYTES = 64 * 1024
+"""Longest value, sequence or segment memoised: enhanced multi-frame headers hold
+sequences of megabytes that differ per file, which would only fill memory."""
+
 _LONG_VRS = frozenset(
     (b"OB", b"OD", b"OF", b"OL", b"OW", b"OV", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
 )
@@ -237,7 +244,7 @@ def _learn_segments(buf: bytes, level: _Level) -> None:
             header = first[2] - (12 if first[1] in _LONG_VRS else 8)
             data = buf[header : run[-1][3]]
             known = _segments.setdefault((data[:4], implicit), [])
-            if not any(seg.data == data for seg in known):
+            if len(data) <= MEMO_MAX_BYTES and not any(seg.data == data for seg in known):
                 elements = [[t, v, a - header, b - header, None] for t, v, a, b, _ in run]
                 known.insert(0, _Segment(data, elements, implicit))
                 del known[4:]
@@ -373,7 +380,8 @@ class _Parser:
                 if not self._is_sequence(tag, vr, start, implicit):
                     raise _Fallback("undefined length outside a sequence")
                 items, pos = self.items(start, None, implicit)
-                _last_sequence[(tag, implicit)] = buf[start:pos]
+                if pos - start <= MEMO_MAX_BYTES:
+                    _last_sequence[(tag, implicit)] = buf[start:pos]
                 append([tag, vr, start, pos - 8, items])
                 continue
             pos = start + length
@@ -440,6 +448,23 @@ class _Parser:
             return True
         a, b = self.buf[start + 4], self.buf[start + 5]
         return 0x40 < a < 0x5B and 0x40 < b < 0x5B
+
+
+_memo_bytes = 0
+
+
+def _remember(key: tuple, hit: tuple, size: int) -> None:
+    """Memoise a conversion unless its bytes are too long; forget everything past the limits."""
+    global _memo_bytes
+    if size > MEMO_MAX_BYTES:
+        return
+    if len(_memo) >= MEMO_LIMIT or _memo_bytes > MEMO_LIMIT_BYTES:
+        _memo.clear()
+        _last_sequence.clear()
+        _segments.clear()
+        _memo_bytes = 0
+    _memo[key] = hit
+    _memo_bytes += size + len(hit[0] or "")
 
 
 def _keyed(tag: int, hit: tuple) -> tuple:
@@ -529,10 +554,6 @@ class _Converter:
         """DICOM JSON of one level as compact, key-sorted text; problems go to ``problems``."""
         parts: list[str] = []
         self._parts(level, level.elements, meta, prefix, parts, self.problems)
-        if len(_memo) > MEMO_LIMIT:
-            _memo.clear()
-            _last_sequence.clear()
-            _segments.clear()
         return "{" + ",".join(parts) + "}"
 
     def _parts(
@@ -558,7 +579,8 @@ class _Converter:
                     inner_problems: list[str] = []
                     inner = list(_expanded([element]))
                     if self._parts(level, inner, meta, "", inner_parts, inner_problems):
-                        hit = memo[key] = (",".join(inner_parts), tuple(inner_problems))
+                        hit = (",".join(inner_parts), tuple(inner_problems))
+                        _remember(key, hit, len(segment.data))
                     else:
                         memoisable = False
                         hit = (",".join(inner_parts), tuple(inner_problems))
@@ -610,7 +632,8 @@ class _Converter:
                         if not implicit and vr != b"SQ":
                             raise _Fallback("explicit UN holding a sequence")
                         items, _ = _Parser(buf, True).items(start, stop, implicit)
-                    hit = memo[key] = _keyed(tag, self.sequence(tag, items, level))
+                    hit = _keyed(tag, self.sequence(tag, items, level))
+                    _remember(key, hit, len(value))
             else:
                 key = (tag, vr, value, charset, creator, implicit)
                 hit = memo.get(key)
@@ -620,7 +643,8 @@ class _Converter:
                         hit = self.convert(self.context(level, element, creator, meta), tag)
                     else:
                         hit = (text, ())
-                    hit = memo[key] = _keyed(tag, hit)
+                    hit = _keyed(tag, hit)
+                    _remember(key, hit, len(value))
             text, failed = hit
             if text is not None:
                 parts.append(text)

@@ -275,3 +275,15 @@ def test_fast_dataset_reads_vendor_pixels_without_falling_back():
     for path in sorted(VENDOR.rglob("*")):
         if path.is_file() and "LICENSE" not in path.name and path.suffix != ".md":
             assert fast_header.read_dataset_fast(path) is not None, path
+
+
+def test_memo_keeps_no_long_values_and_stays_bounded(monkeypatch):
+    """Per-file megabyte sequences (enhanced multi-frame) must not pile up in memory."""
+    fast_header._memo.clear()
+    fast_header._remember(("long",), ("x", ()), fast_header.MEMO_MAX_BYTES + 1)
+    assert ("long",) not in fast_header._memo
+    monkeypatch.setattr(fast_header, "MEMO_LIMIT", 3)
+    for i in range(5):
+        fast_header._remember(("short", i), ("x", ()), 10)
+    assert 1 <= len(fast_header._memo) <= 3
+    assert ("short", 4) in fast_header._memo
