@@ -858,7 +858,10 @@ def read_header_fast(path: str | os.PathLike, keep: frozenset | None = None):
                     meta, top, stop = _parse(buf, complete)
                     break
                 except _NeedMore:
-                    buf += fh.read(len(buf) * 3)
+                    more = fh.read(len(buf) * 3)
+                    if not more:  # the file shrank since its size was read
+                        raise _Fallback("file shorter than its size") from None
+                    buf += more
             converter = _Converter(buf, keep)
             meta_text = converter.json_text(meta, meta=True)
             ds_text = converter.json_text(top)
