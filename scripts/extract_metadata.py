@@ -19,7 +19,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from fast_header import read_header_fast
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import BaseTag
@@ -30,6 +29,7 @@ import sharding
 import table_schema
 from dicom_io import FileProblem, HeaderRead, display_path, read_header
 from dicom_json import header_json
+from fast_header import read_header_fast
 
 log = logging.getLogger("extract_metadata")
 
@@ -170,7 +170,8 @@ def extract_file(
     json_model = None
     fast = read_header_fast(study / path, _keep(tuple(keywords)))
     if fast is not None:
-        header, *json_model = fast
+        header, text, problems = fast
+        json_model = (text, problems)
     try:
         if fast is None:
             header = read_header(study / path)
@@ -241,11 +242,7 @@ def extract_shard(
     if kept:
         instances = pa.concat_tables([instances, _rows_of(reuse[0], kept)])
         errors = pa.concat_tables([errors, _rows_of(reuse[1], kept)])
-    order = ("path", "severity", "reason", "detail")
-    return (
-        instances.sort_by("path"),
-        errors.sort_by([(column, "ascending") for column in order]),
-    )
+    return instances.sort_by("path"), table_schema.sorted_errors(errors)
 
 
 def _rows_of(table: pa.Table, paths: set[str]) -> pa.Table:

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import table_schema
-from table_schema import MANIFEST_SCHEMA, THUMBNAILS_SCHEMA, read_parts
+from table_schema import MANIFEST_SCHEMA, SHEETS_SCHEMA, THUMBNAILS_SCHEMA, read_parts
 
 log = logging.getLogger("finalize_tables")
 
@@ -62,8 +62,7 @@ BATCH_OUTPUT = re.compile(r"batch_(\d+)(?:\..*)?")
 def listed_outputs(slices: pa.Table, sheet_parts: Sequence[str]) -> set[str]:
     """Result-relative paths of every array, thumbnail and sheet the run produced."""
     listed = set(slices.column("npy_path").to_pylist()) | set(slices.column("png_path").to_pylist())
-    for part in sheet_parts:
-        listed.update(pq.read_table(part, columns=["sheet_path"]).column(0).to_pylist())
+    listed.update(read_parts(sheet_parts, SHEETS_SCHEMA).column("sheet_path").to_pylist())
     listed.discard(None)
     return listed
 

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import fast_header
 import numpy as np
 import pyarrow.parquet as pq
 from pydicom.dataset import Dataset
 
 import dicom_io
+import fast_header
 import geometry
 import rendering
 import series_cache

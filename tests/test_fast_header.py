@@ -5,12 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import fast_header
 import pydicom.data
 import pytest
 
 import demo
 import extract_metadata
+import fast_header
 import table_schema
 from dicom_io import FileProblem, read_header
 from dicom_json import header_json
