@@ -98,6 +98,16 @@ class TestWorkflowOnDemoStudy:
         for secret in secrets:
             assert not any(secret in text for text in texts), "patient identifier leaked"
 
+    def test_a_ratings_file_reruns_only_the_final_tables_and_the_page(self, demo_run):
+        cwd, results, _ = demo_run
+        key = pq.read_table(results / "metadata" / "series.parquet").column("series_key")[0]
+        (cwd / "ratings.csv").write_text(f"series_key,rating\n{key.as_py()}\n")
+        (cwd / "ratings.yaml").write_text("review:\n  ratings: ratings.csv\n")
+        args = ["-n", "--configfile", "ratings.yaml", "--config", "study=study", "results=results"]
+        proc = snakemake(cwd, *args)
+        jobs = re.findall(r"^rule (\w+):", proc.stdout, flags=re.MULTILINE)
+        assert sorted(set(jobs) - {"all"}) == ["build_review_page", "finalize_tables"], proc.stdout
+
     def test_second_run_has_nothing_to_do(self, demo_run):
         cwd, _, _ = demo_run
         proc = snakemake(cwd, "--cores", "2", "--config", "study=study", "results=results", "-n")
@@ -125,6 +135,18 @@ class TestSnakemakeChecks:
         lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
         assert proc.returncode != 0
         assert lines == ["dicom-study-pipeline: study folder has no files: empty"]
+
+    def test_a_malformed_ratings_file_stops_with_one_line_naming_file_and_row(self, tmp_path):
+        (tmp_path / "ratings.csv").write_text("series_key,rating\nabc,3\nabd,excellent\n")
+        (tmp_path / "ratings.yaml").write_text("review:\n  ratings: ratings.csv\n")
+        args = ["-n", "--configfile", "ratings.yaml", "--config", f"study={demo.STUDY}"]
+        proc = snakemake(tmp_path, *args, check=False)
+        assert proc.returncode != 0
+        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+        assert lines == [
+            "dicom-study-pipeline: ratings file 'ratings.csv', row 3: "
+            "rating must be 1, 2, 3, 4 or empty, got 'excellent'"
+        ]
 
     @pytest.mark.parametrize(
         ("override", "message"),
