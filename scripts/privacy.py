@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
+from collections import Counter
+from collections.abc import Iterable
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.uid import UID_dictionary
@@ -190,3 +193,76 @@ def pseudonymize_json(model: dict, key: bytes) -> dict:
         else:
             out[tag_hex] = {"vr": vr, "Value": [_hash_value(v, key, vr) for v in element["Value"]]}
     return out
+
+
+PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate")
+"""Values no free text on the review page or a contact sheet may repeat."""
+
+_SEPARATORS = re.compile(r"[\s^,;:=_./\\-]+")
+_MIN_CONTAINED = 6
+"""An identifier this long (separators aside) is also removed when text merely contains it."""
+
+
+def _tokens(text: str) -> list[str]:
+    return [t for t in _SEPARATORS.split(text.casefold()) if t]
+
+
+def identifier_variants(identifiers: Iterable[str | None]) -> list[str]:
+    """Patient values with the other spellings of a date (``19700606`` → ``1970-06-06``…).
+
+    Empty values are dropped; the result is sorted and free of repeats.
+    """
+    out = set()
+    for value in identifiers:
+        text = str(value or "").strip()
+        if not text:
+            continue
+        out.add(text)
+        if re.fullmatch(r"\d{8}", text):
+            y, m, d = text[:4], text[4:6], text[6:]
+            out.update({f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{d}/{m}/{y}", f"{m}/{d}/{y}"})
+    return sorted(out)
+
+
+def repeats_identifier(text: str | None, identifiers: Iterable[str]) -> bool:
+    """Whether free text equals a patient identifier, or contains a long one.
+
+    Names compare word by word, ignoring case, order and separators (``Doe^John`` equals
+    ``john doe`` and ``DOE, JOHN``); an identifier of at least six characters also
+    matches when all its words occur in the text (``Head MR DOE JOHN``).
+    """
+    if not text:
+        return False
+    words = _tokens(str(text))
+    if not words:
+        return False
+    have = Counter(words)
+    for identifier in identifiers:
+        need = _tokens(identifier)
+        if not need:
+            continue
+        if sorted(need) == sorted(words):
+            return True
+        if len("".join(need)) >= _MIN_CONTAINED and not Counter(need) - have:
+            return True
+    return False
+
+
+def blank_identifying(text: str | None, identifiers: Iterable[str]) -> str | None:
+    """``text``, or None when it repeats a patient identifier (:func:`repeats_identifier`)."""
+    return None if repeats_identifier(text, identifiers) else text
+
+
+def redact_identifiers(text: str | None, identifiers: Iterable[str]) -> str | None:
+    """``text`` with every occurrence of an identifier, or of a name's word of four or more
+    letters, replaced by ``…`` (for paths and error details, which are not dropped whole).
+    """
+    if not text:
+        return text
+    parts = set()
+    for identifier in identifiers:
+        parts.add(identifier)
+        parts.update(w for w in re.split(r"[\s^]+", identifier) if len(w) >= 4)
+    for part in sorted((p for p in parts if len(p) >= 4), key=len, reverse=True):
+        text = re.sub(re.escape(part), "…", text, flags=re.IGNORECASE)
+    return text
