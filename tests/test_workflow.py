@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import build_review_page
 import demo
 from workflow_run import snakemake
 
@@ -74,17 +75,20 @@ class TestWorkflowOnDemoStudy:
         assert saved.dtype == np.float32
         np.testing.assert_array_equal(saved, expected.astype(np.float32))
 
-    def test_review_page_links_every_sheet_and_every_series(self, demo_run):
+    def test_review_page_data_lists_every_series_with_its_sheet_and_preview(self, demo_run):
         _, results, _ = demo_run
         page = (results / "index.html").read_text(encoding="utf-8")
+        assert '<script src="review/series.js">' in page
+        text = (results / "review" / "series.js").read_text(encoding="utf-8")
+        data = build_review_page.read_data_script(text)
         series = pq.read_table(results / "metadata" / "series.parquet").to_pylist()
-        for record in series:
-            assert record["series_key"] in page
-        for src in re.findall(r'<img src="([^"]+)"', page):
-            assert (results / src).is_file(), src
-        assert len(re.findall(r"<img ", page)) == len(
-            list((results / "contact_sheets").glob("*.png"))
+        assert sorted(s["k"] for s in data["series"]) == sorted(r["series_key"] for r in series)
+        sheets = [s["sheet"] for s in data["series"] if s["sheet"]]
+        assert sorted(sheets) == sorted(
+            p.relative_to(results).as_posix() for p in (results / "contact_sheets").glob("*.png")
         )
+        for src in sheets + [s["pv"] for s in data["series"] if s["pv"]]:
+            assert (results / src).is_file(), src
 
     def test_no_patient_identifiers_in_paths_page_or_logs(self, demo_run):
         import pydicom
@@ -93,6 +97,7 @@ class TestWorkflowOnDemoStudy:
         ds = pydicom.dcmread(demo.MR_SERIES / "IM_0001", stop_before_pixels=True)
         secrets = {str(ds.PatientName), str(ds.PatientID), str(ds.PatientBirthDate)} - {""}
         texts = [log, (results / "index.html").read_text(encoding="utf-8")]
+        texts.append((results / "review" / "series.js").read_text(encoding="utf-8"))
         texts += [p.read_text(errors="replace") for p in (results / "logs").rglob("*.log")]
         texts += [p.as_posix() for p in results.rglob("*")]
         for secret in secrets:

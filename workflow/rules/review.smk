@@ -34,14 +34,19 @@ rule build_review_page:
         series=res("metadata/series.parquet"),
         slices=res("metadata/slices.parquet"),
         errors=res("metadata/errors.parquet"),
+        # which series each error row's file belongs to, and its patient's identifiers
+        instances=res("metadata/instances.parquet"),
         sheets=batch_parts("_work/sheets/batch_{batch}.parquet"),
         script=script("build_review_page"),
+        template=str(SCRIPTS / "review_page.html"),
     output:
         page=report(
             res("index.html"),
             caption="../report/review_page.rst",
             category="Review",
         ),
+        # the page's data; grid previews go to review/previews/ (not declared: one per series)
+        data=res("review/series.js"),
     log:
         res("logs/build_review_page.log"),
     benchmark:
@@ -50,5 +55,5 @@ rule build_review_page:
         "../envs/pipeline.yaml"
     shell:
         "python {input.script:q} --series {input.series:q} --slices {input.slices:q}"
-        " --errors {input.errors:q} --sheets {input.sheets:q} --out {output.page:q}"
-        " > {log:q} 2>&1"
+        " --errors {input.errors:q} --instances {input.instances:q}"
+        " --sheets {input.sheets:q} --out {output.page:q} > {log:q} 2>&1"
