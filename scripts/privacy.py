@@ -14,6 +14,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.uid import UID_dictionary
@@ -266,3 +267,53 @@ def redact_identifiers(text: str | None, identifiers: Iterable[str]) -> str | No
     for part in sorted((p for p in parts if len(p) >= 4), key=len, reverse=True):
         text = re.sub(re.escape(part), "…", text, flags=re.IGNORECASE)
     return text
+
+
+SERIES_FREE_TEXT = (
+    "SeriesDescription",
+    "StudyDescription",
+    "BodyPartExamined",
+    "Manufacturer",
+    "ManufacturerModelName",
+)
+"""Series columns shown as text on sheets and the review page."""
+
+
+def header_patient_identifiers(path: str | os.PathLike) -> list[str]:
+    """PatientName, PatientID and PatientBirthDate of one DICOM file (with
+    :func:`identifier_variants`), read without pixels; empty when it cannot be read.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(
+            path, stop_before_pixels=True, force=True, specific_tags=list(PATIENT_KEYWORDS)
+        )
+        values = [ds.get(k) for k in PATIENT_KEYWORDS]
+    except Exception:  # noqa: BLE001 - a header that cannot be read names nobody
+        return []
+    return identifier_variants(str(v) for v in values if v is not None)
+
+
+def series_without_identifying_text(series: list[dict], manifest, study) -> list[dict]:
+    """Series records whose :data:`SERIES_FREE_TEXT` repeating the patient's identifiers
+    (read from one saved slice's source file per series) is set to None.
+
+    ``manifest`` is a batch's slice manifest table (``series_key``, ``source_path``);
+    without a ``study`` folder the records are returned unchanged.
+    """
+    if study is None or not series:
+        return series
+    from dicom_io import study_file
+
+    sources: dict[str, str] = {}
+    for row in manifest.select(["series_key", "source_path"]).to_pylist():
+        if row["source_path"]:
+            sources.setdefault(row["series_key"], row["source_path"])
+    out = []
+    for record in series:
+        source = sources.get(record["series_key"])
+        ids = header_patient_identifiers(study_file(Path(study), source)) if source else []
+        blanked = {c: blank_identifying(record[c], ids) for c in SERIES_FREE_TEXT if c in record}
+        out.append({**record, **blanked})
+    return out

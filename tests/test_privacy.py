@@ -178,3 +178,39 @@ class TestPatientIdentifiersInFreeText:
         path = "JOHN_DOE_19700606/MR/IM_0001"
         assert privacy.redact_identifiers(path, self.IDS) == "…_DOE_…/MR/IM_0001"
         assert privacy.redact_identifiers(None, self.IDS) is None
+
+
+class TestSeriesWithoutIdentifyingText:
+    """What make_contact_sheets titles sheets with, given the study folder."""
+
+    def manifest(self, key: str, source: str):
+        import pyarrow as pa
+
+        return pa.table({"series_key": [key], "source_path": [source]})
+
+    def test_a_description_equal_to_the_patient_name_is_blanked(self):
+        ds = pydicom.dcmread(demo.MR_OVERLAY, stop_before_pixels=True)
+        record = {
+            "series_key": "k",
+            "SeriesDescription": str(ds.PatientName).replace("^", " "),
+            "StudyDescription": ds.PatientID,
+            "Modality": "MR",
+        }
+        source = demo.MR_OVERLAY.relative_to(demo.STUDY).as_posix()
+        (out,) = privacy.series_without_identifying_text(
+            [record], self.manifest("k", source), demo.STUDY
+        )
+        assert out["SeriesDescription"] is None and out["StudyDescription"] is None
+        assert out["Modality"] == "MR" and record["SeriesDescription"], "input left alone"
+
+    def test_other_descriptions_are_kept_and_no_study_changes_nothing(self):
+        record = {"series_key": "k", "SeriesDescription": "marked lesion<MPR Collection>"}
+        source = demo.MR_OVERLAY.relative_to(demo.STUDY).as_posix()
+        manifest = self.manifest("k", source)
+        assert privacy.series_without_identifying_text([record], manifest, demo.STUDY) == [record]
+        assert privacy.series_without_identifying_text([record], manifest, None) == [record]
+
+    def test_an_unreadable_source_names_nobody(self, tmp_path):
+        (tmp_path / "x.dcm").write_bytes(b"not dicom")
+        assert privacy.header_patient_identifiers(tmp_path / "x.dcm") == []
+        assert privacy.header_patient_identifiers(tmp_path / "missing.dcm") == []
