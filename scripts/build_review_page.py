@@ -14,7 +14,6 @@ PatientID or PatientBirthDate is shown, and no patient identifier is written at 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -310,8 +309,8 @@ def review_data(
     -------
     dict
         ``studies``, ``series``, ``summary``, ``unattributed`` (error rows of files
-        that are no instance), ``n_unattributed``, ``tags``, ``ratings`` and ``dataset``
-        (a hash of the series keys, naming the page's ratings in the browser).
+        that are no instance), ``n_unattributed``, ``tags``, ``ratings``, ``columns``
+        (of the ratings CSV) and ``defaults`` (:data:`SERIES_DEFAULTS`).
     """
     slices_of: dict[str, list[dict]] = {}
     for row in slices:
@@ -410,9 +409,7 @@ def review_data(
 
     n_errors = Counter(r["reason"] for r in errors if r["severity"] == "error")
     n_warnings = Counter(r["reason"] for r in errors if r["severity"] == "warning")
-    keys = sorted(s["k"] for s in out_series)
     return {
-        "dataset": hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16],
         "studies": studies,
         "series": out_series,
         "summary": {
