@@ -236,6 +236,7 @@ def test_filters_and_search_update_the_shown_series_and_the_counts(open_tab, dem
     assert tab.count_text() == f"Showing {14 - n_ct} of 14 series"  # CT still off
     page.select_option("#f-rated", "")
 
+    page.focus("#f-study")
     studies = page.locator("#f-study option")
     assert studies.count() == 1 + len({s["StudyInstanceUID"] for s in demo_series.values()})
     page.select_option("#f-study", index=1)
@@ -422,6 +423,12 @@ def test_scrolling_ten_thousand_series_keeps_the_dom_and_requests_bounded(open_t
     tab.press("j")
     assert tab.state()["cursor"] != first and tab.card(tab.state()["cursor"]).is_visible()
     assert all("dwi" in c["text"] for c in tab.cards())
+    page.fill("#search", "")
+    page.focus("#f-study")  # a long study list is filled when first used
+    n_studies = len(range(0, N_GENERATED, 12))
+    assert page.locator("#f-study option").count() == 1 + n_studies
+    page.select_option("#f-study", index=1)  # 'study 0': series 0 to 11
+    assert tab.count_text() == f"Showing 12 of {N_GENERATED} series"
     assert tab.errors == []
 
 
