@@ -364,7 +364,8 @@ def generated_results(folder: Path, n: int) -> Path:
                 }
                 for j in range(0, 40, 5)
             ]
-    data = build_review_page.review_data(series, {}, slices, [], {}, {}, previews)
+    sheets = {key: f"contact_sheets/{key}.png" for key in previews}  # shown in detail only
+    data = build_review_page.review_data(series, sheets, slices, [], {}, {}, previews)
     build_review_page.write_review(folder / "index.html", data)
     return folder / "index.html"
 
@@ -417,7 +418,9 @@ def test_scrolling_ten_thousand_series_keeps_the_dom_and_requests_bounded(open_t
     assert tab.card(last).is_visible(), "the end of the list is reachable"
     assert "sel" in tab.card(last).get_attribute("class")
     page.fill("#search", "dwi")
-    assert tab.count_text() == f"Showing {len(range(0, N_GENERATED, 3))} of {N_GENERATED} series"
+    assert (
+        tab.count_text() == f"Showing {len(range(0, N_GENERATED, 3)):,} of {N_GENERATED:,} series"
+    )
     tab.press("Escape", "Home")
     first = tab.state()["cursor"]
     tab.press("j")
@@ -428,7 +431,7 @@ def test_scrolling_ten_thousand_series_keeps_the_dom_and_requests_bounded(open_t
     n_studies = len(range(0, N_GENERATED, 12))
     assert page.locator("#f-study option").count() == 1 + n_studies
     page.select_option("#f-study", index=1)  # 'study 0': series 0 to 11
-    assert tab.count_text() == f"Showing 12 of {N_GENERATED} series"
+    assert tab.count_text() == f"Showing 12 of {N_GENERATED:,} series"
     assert tab.errors == []
 
 
