@@ -32,7 +32,7 @@ from table_schema import SHEETS_SCHEMA, read_parts, without_pandas
 log = logging.getLogger("build_review_page")
 
 DATA_FILE = "review/series.js"
-"""The page's data, relative to the results folder: one ``window.REVIEW_DATA = {...};``."""
+"""The page's data, relative to the results folder: ``window.REVIEW_DATA=JSON.parse("...");``."""
 PREVIEW_DIR = "review/previews"
 """Grid previews, one ``<series_key>.png`` per series with a thumbnail."""
 PREVIEW_SIZE = 160
