@@ -23,7 +23,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-import dicom_io  # noqa: F401 - sets quiet pydicom reading options
 import geometry
 import table_schema
 from sharding import bucket_count, short_hash, stable_bucket, write_if_changed
@@ -353,9 +352,13 @@ def grouping_rows(light: pa.Table, headers: dict[str, str]) -> list[dict]:
     orientation and pixel spacing from the functional groups when the top level has
     none (enhanced CT/MR); the instances table itself keeps the header as it is.
     """
+    rows = light.to_pylist()
+    if not headers:
+        return rows  # pydicom (about 0.4 s to import) only for multi-frame geometry
     from pydicom.dataset import Dataset
 
-    rows = light.to_pylist()
+    import dicom_io  # noqa: F401 - sets quiet pydicom reading options
+
     for row in rows:
         header = headers.get(row["path"])
         if header is None:
