@@ -6,6 +6,8 @@ modality, and shows no patient name, ID or birth date.
 
 from __future__ import annotations
 
+import lean_imports  # noqa: F401 - first: keeps unused packages out of this process
+
 import argparse
 import html
 import logging
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 import pyarrow.parquet as pq
 
 from sharding import short_hash
-from table_schema import SHEETS_SCHEMA, read_parts, without_pandas
+from table_schema import SHEETS_SCHEMA, read_parts
 
 log = logging.getLogger("build_review_page")
 
@@ -182,5 +184,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    without_pandas()
     sys.exit(main())

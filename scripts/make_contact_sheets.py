@@ -8,6 +8,8 @@ into the pixel array: a matplotlib Figure costs about 90 ms per sheet in layout 
 
 from __future__ import annotations
 
+import lean_imports  # noqa: F401 - first: keeps unused packages out of this process
+
 import argparse
 import logging
 import math
@@ -291,5 +293,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    table_schema.without_pandas()
     sys.exit(main())

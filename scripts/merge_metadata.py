@@ -7,6 +7,8 @@ geometry checks and the batch that later stages process it in.
 
 from __future__ import annotations
 
+import lean_imports  # noqa: F401 - first: keeps unused packages out of this process
+
 import argparse
 import heapq
 import json
@@ -583,5 +585,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    table_schema.without_pandas()
     sys.exit(main())
