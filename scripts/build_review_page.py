@@ -13,6 +13,8 @@ PatientID or PatientBirthDate is shown, and no patient identifier is written at 
 
 from __future__ import annotations
 
+import lean_imports  # noqa: F401 - first: keeps unused packages out of this process
+
 import argparse
 import json
 import logging
@@ -27,7 +29,7 @@ import pyarrow.parquet as pq
 import privacy
 import ratings
 from sharding import short_hash
-from table_schema import SHEETS_SCHEMA, read_parts, without_pandas
+from table_schema import SHEETS_SCHEMA, read_parts
 
 log = logging.getLogger("build_review_page")
 
@@ -597,5 +599,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    without_pandas()
     sys.exit(main())

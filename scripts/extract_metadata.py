@@ -6,6 +6,8 @@ either as an instance row or as an error row of severity ``error``.
 
 from __future__ import annotations
 
+import lean_imports  # noqa: F401 - first: keeps unused packages out of this process
+
 import argparse
 import json
 import logging
@@ -347,5 +349,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    table_schema.without_pandas()
     sys.exit(main())

@@ -199,7 +199,7 @@ class _Segment:
     its JSON is memoised as one piece.
     """
 
-    __slots__ = ("data", "elements", "first_tag", "last_tag", "private_unresolved")
+    __slots__ = ("data", "elements", "first_tag", "last_tag", "private_unresolved", "_kept")
 
     def __init__(self, data: bytes, elements: list, implicit: bool):
         self.data = data
@@ -209,6 +209,25 @@ class _Segment:
         self.private_unresolved = any(
             e[0] & 0x10000 and (e[1] is None or e[1] == b"UN") for e in elements
         )
+        self._kept: dict = {}
+
+    def kept(self, keep: frozenset | None, base: int) -> list:
+        """The elements :meth:`_Converter.level_dataset` keeps (filtered once per ``keep``),
+        at absolute offsets from ``base``.
+        """
+        kept = self._kept.get(keep)
+        if kept is None:
+            kept = self._kept[keep] = [e for e in self.elements if _in_dataset(e[0], keep)]
+        return [[tag, vr, base + start, base + stop, None] for tag, vr, start, stop, _ in kept]
+
+
+def _in_dataset(tag: int, keep: frozenset | None) -> bool:
+    """Whether a level's dataset holds the element: public ones (at the top level only
+    those in ``keep`` and the context groups, when ``keep`` is given) and the charset.
+    """
+    if tag & 0x10000:
+        return False
+    return keep is None or tag in keep or tag >> 16 in _CONTEXT_GROUPS or tag == _CHARSET
 
 
 def _expanded(elements: list):
@@ -488,13 +507,12 @@ class _Converter:
         """
         if level._ds is None:
             keep = self.keep if level.top else None
-            elements = [
-                e
-                for e in _expanded(level.elements)
-                if not e[0] & 0x10000
-                and (keep is None or e[0] in keep or e[0] >> 16 in _CONTEXT_GROUPS)
-                or e[0] == _CHARSET
-            ]
+            elements = []
+            for e in level.elements:
+                if e[0] == _SEGMENT:
+                    elements += e[1].kept(keep, e[2])
+                elif _in_dataset(e[0], keep):
+                    elements.append(e)
             level._ds = self._dataset(level, elements, meta)
         return level._ds
 

@@ -1,10 +1,14 @@
 """Draw one labelled contact sheet PNG per series of a batch from its thumbnails.
 
 The title names modality, series number, description, instance count and spacing;
-never patient name, ID or birth date. Tiles are labelled with slice position.
+never patient name, ID or birth date. Tiles are labelled with slice position. Text is
+drawn by FreeType through matplotlib's ``ft2font`` with matplotlib's DejaVu Sans, straight
+into the pixel array: a matplotlib Figure costs about 90 ms per sheet in layout alone.
 """
 
 from __future__ import annotations
+
+import lean_imports  # noqa: F401 - first: keeps unused packages out of this process
 
 import argparse
 import logging
@@ -13,14 +17,15 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 
 import imageio.v3 as iio
+import matplotlib
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from matplotlib.ft2font import FT2Font, LoadFlags
 
 import privacy
 import series_cache
@@ -36,6 +41,14 @@ LABEL_PX = 18
 TITLE_PX = 48
 """Height of the two-line title band at the top of the sheet."""
 GAP_PX = 4
+FONT = Path(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf")
+TITLE_PT, LABEL_PT = 10, 7
+"""Font sizes in points (at :data:`DPI`)."""
+TITLE_BASELINES = (18, 38)
+"""Baselines of the two title lines, in pixels from the top of the sheet."""
+LABEL_BASELINE = 11
+"""Baseline of a tile label, in pixels from the top of its cell."""
+WHITE, LABEL_GREY = (255, 255, 255), (221, 221, 221)
 
 
 def grid_shape(n_tiles: int) -> tuple[int, int]:
@@ -135,30 +148,68 @@ def montage(tiles: Sequence[np.ndarray], n_columns: int) -> tuple[np.ndarray, tu
     return grid, (cell_h, cell_w)
 
 
+@cache
+def _font(size_pt: float) -> FT2Font:
+    font = FT2Font(str(FONT))
+    font.set_size(size_pt, DPI)
+    return font
+
+
+def text_image(text: str, size_pt: float) -> tuple[np.ndarray, int]:
+    """One line of antialiased text: its coverage (0-255, rows x columns) and the row of
+    its baseline (the last row of a letter without descender).
+
+    FT2Font's bitmap is the ink's bounding box plus one empty row below; the string's
+    descent (26.6 fixed point) says how far the ink reaches under the baseline.
+    """
+    font = _font(size_pt)
+    font.set_text(text, 0.0, flags=LoadFlags.FORCE_AUTOHINT)
+    font.draw_glyphs_to_bitmap(antialiased=True)
+    coverage = np.array(font.get_image())
+    return coverage, coverage.shape[0] - 2 - round(font.get_descent() / 64)
+
+
+def draw_text(
+    canvas: np.ndarray, text: str, size_pt: float, colour: tuple, centre_x: float, baseline: int
+) -> None:
+    """Draw a line of text centred on ``centre_x`` with its baseline on row ``baseline``.
+
+    The text is blended as the brighter of canvas and text pixel (it is drawn on black
+    bands); what falls outside the canvas is clipped.
+    """
+    coverage, own_baseline = text_image(text, size_pt)
+    height, width = coverage.shape
+    top, left = baseline - own_baseline, round(centre_x - width / 2)
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + height, canvas.shape[0]), min(left + width, canvas.shape[1])
+    if y1 <= y0 or x1 <= x0:
+        return
+    alpha = coverage[y0 - top : y1 - top, x0 - left : x1 - left, None].astype(np.uint16)
+    ink = ((alpha * np.array(colour, np.uint16) + 127) // 255).astype(np.uint8)
+    region = canvas[y0:y1, x0:x1]
+    np.maximum(region, ink, out=region)
+
+
 def draw_sheet(series: dict, tiles: list[tuple], target: Path) -> None:
     """Draw tiles ``(image, label)`` in a grid under the series title and save as PNG.
 
-    matplotlib draws the title and labels into a black canvas; the thumbnails are then
-    placed in it pixel for pixel (no resampling), and imageio writes the PNG.
+    The thumbnails are placed pixel for pixel (no resampling), labels and title are drawn
+    into the black bands, and imageio writes the PNG.
     """
     _, n_cols = grid_shape(len(tiles))
     grid, (cell_h, cell_w) = montage([image for image, _ in tiles], n_cols)
     height, width = grid.shape[0] + TITLE_PX, max(grid.shape[1], 360)
     x0 = (width - grid.shape[1]) // 2
-    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor="black")
-    FigureCanvasAgg(fig)  # Agg canvas without pyplot (no figure manager, faster import)
-    text = {"color": "white", "ha": "center", "va": "top"}
-    fig.text(0.5, 1 - 4 / height, sheet_title(series), fontsize=10, **text)
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    canvas[TITLE_PX:, x0 : x0 + grid.shape[1]] = grid
+    for line, baseline in zip(sheet_title(series).splitlines(), TITLE_BASELINES, strict=False):
+        draw_text(canvas, line, TITLE_PT, WHITE, width / 2, baseline)
     for i, (_, label) in enumerate(tiles):
         row, col = divmod(i, n_cols)
-        x = x0 + col * cell_w + cell_w / 2
-        y = height - TITLE_PX - row * cell_h - 3
-        fig.text(x / width, y / height, label, fontsize=7, **{**text, "color": "#dddddd"})
-    fig.canvas.draw()
-    canvas = np.array(fig.canvas.buffer_rgba())[:height, :width, :3]
-    # labels sit in the grid's black label bands, so the brighter pixel is always right
-    region = canvas[TITLE_PX : TITLE_PX + grid.shape[0], x0 : x0 + grid.shape[1]]
-    np.maximum(region, grid, out=region)
+        centre = x0 + col * cell_w + cell_w / 2
+        draw_text(
+            canvas, label, LABEL_PT, LABEL_GREY, centre, TITLE_PX + row * cell_h + LABEL_BASELINE
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp.png")
     iio.imwrite(tmp, canvas, extension=".png", compress_level=3)
@@ -245,5 +296,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    table_schema.without_pandas()
     sys.exit(main())

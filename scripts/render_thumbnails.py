@@ -6,6 +6,8 @@ robust percentile window shared by the series' saved slices. MONOCHROME1 is inve
 
 from __future__ import annotations
 
+import lean_imports  # noqa: F401 - first: keeps unused packages out of this process
+
 import argparse
 import logging
 import os
@@ -165,5 +167,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    table_schema.without_pandas()
     sys.exit(main())

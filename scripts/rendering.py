@@ -124,9 +124,14 @@ def apply_window(
         scaled = ((x - center) / width + 0.5) * 255.0
     elif width == 1:
         scaled = np.where(x > center - 0.5, 255.0, 0.0)
-    else:
-        scaled = ((x - (center - 0.5)) / (width - 1) + 0.5) * 255.0
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    else:  # ((x - (center - 0.5)) / (width - 1) + 0.5) * 255, in place: the same operations
+        scaled = x
+        np.subtract(scaled, center - 0.5, out=scaled)
+        np.divide(scaled, width - 1, out=scaled)
+        np.add(scaled, 0.5, out=scaled)
+        np.multiply(scaled, 255.0, out=scaled)
+    np.rint(scaled, out=scaled)
+    return np.clip(scaled, 0, 255, out=scaled).astype(np.uint8)
 
 
 def voi_lut_to_uint8(values: np.ndarray, ds) -> np.ndarray:

@@ -7,6 +7,8 @@ uint8 RGB. A frame that cannot be decoded becomes an ``undecodable_pixels`` row.
 
 from __future__ import annotations
 
+import lean_imports  # noqa: F401 - first: keeps unused packages out of this process
+
 import argparse
 import logging
 import os
@@ -411,5 +413,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    table_schema.without_pandas()
     sys.exit(main())

@@ -11,6 +11,8 @@ stamps into the per-batch work lists, so the batches holding such files are redo
 
 from __future__ import annotations
 
+import lean_imports  # noqa: F401 - first: keeps unused packages out of this process
+
 import argparse
 import json
 import logging

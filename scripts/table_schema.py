@@ -10,7 +10,6 @@ import datetime as dt
 import math
 import os
 import re
-import sys
 from collections.abc import Iterable, Sequence
 from functools import cache
 
@@ -282,25 +281,6 @@ QC_SCHEMA = pa.schema(
 """Columns ``finalize_tables`` adds to ``metadata/series.parquet`` from ``review.ratings``:
 rating 1–4 (exclude, poor, acceptable, excellent), artifact tags, note, who and when;
 null for series nobody rated."""
-
-
-def without_pandas() -> None:
-    """Keep pyarrow from importing pandas in a step's own process (it never uses pandas).
-
-    pyarrow imports pandas on its first array, if pandas is installed, to check for
-    DataFrames: about 0.9 s of every job's start-up. Call only under ``__main__``.
-    """
-    if "pandas" not in sys.modules:
-        sys.meta_path.insert(0, _NoPandas())
-
-
-class _NoPandas:
-    """Import hook under which ``import pandas`` fails as if pandas were not installed."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name == "pandas" or name.startswith("pandas."):
-            raise ImportError("this step does not use pandas")
-        return None
 
 
 def read_parts(paths: Sequence[str], schema: pa.Schema) -> pa.Table:

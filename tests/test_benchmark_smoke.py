@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -316,5 +317,8 @@ def test_benchmark_runs_at_a_tiny_size_and_writes_consistent_tables(tmp_path, ca
     assert md.startswith("Measured on commit ")
     assert "| " + " | ".join(run_benchmark.COLUMNS) + " |" in md
     assert "| " + " | ".join(run_benchmark.VENDOR_COLUMNS) + " |" in md
+    startups = re.findall(r"^\| ([a-z_ -]+) \| ([0-9.]+) \| ([0-9.]+) \|$", md, re.MULTILINE)
+    assert [name for name, _, _ in startups] == [*run_benchmark.STEPS, "snakemake --version"]
+    assert all(0 < float(wall) < 30 and float(cpu) > 0 for _, wall, cpu in startups)
     printed = capsys.readouterr().out
     assert printed.splitlines()[0].split() == list(run_benchmark.VENDOR_COLUMNS)

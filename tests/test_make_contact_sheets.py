@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pyarrow.parquet as pq
 import pydicom
 import pytest
@@ -205,3 +206,65 @@ class TestMain:
         assert sorted(r["sheet_path"] for r in again) == sorted(first)
         for sheet, data in first.items():
             assert (results / sheet).read_bytes() == data, sheet
+
+
+class TestDrawing:
+    @pytest.fixture(scope="class")
+    def drawn(self, sheets, mr_series):
+        """The demo MR series' sheet and the thumbnails it was drawn from."""
+        (row,) = [r for r in sheets["rows"] if r["series_key"] == mr_series["series_key"]]
+        work = sheets["work"]
+        manifest = [
+            r for p in sorted(work.glob("*.manifest.parquet")) for r in pq.read_table(p).to_pylist()
+        ]
+        mine = [m for m in manifest if m["series_key"] == mr_series["series_key"]]
+        chosen = make_contact_sheets.choose_tiles(mine, TILES)
+        sheet = np.asarray(Image.open(sheets["results"] / row["sheet_path"]))
+        tiles = [np.asarray(Image.open(sheets["results"] / r["png_path"])) for r in chosen]
+        return sheet, tiles, chosen
+
+    def test_each_thumbnail_sits_in_its_cell_pixel_for_pixel(self, drawn):
+        sheet, tiles, _ = drawn
+        _, n_cols = make_contact_sheets.grid_shape(len(tiles))
+        grid, (cell_h, cell_w) = make_contact_sheets.montage(tiles, n_cols)
+        x0 = (sheet.shape[1] - grid.shape[1]) // 2
+        for i, tile in enumerate(tiles):
+            row, col = divmod(i, n_cols)
+            top = make_contact_sheets.TITLE_PX + row * cell_h + make_contact_sheets.LABEL_PX
+            top += (cell_h - make_contact_sheets.LABEL_PX - tile.shape[0]) // 2
+            left = x0 + col * cell_w + (cell_w - tile.shape[1]) // 2
+            placed = sheet[top : top + tile.shape[0], left : left + tile.shape[1]]
+            expected = tile if tile.ndim == 3 else np.repeat(tile[:, :, None], 3, axis=2)
+            np.testing.assert_array_equal(placed, expected)
+
+    def test_title_and_labels_are_drawn_in_their_bands(self, drawn):
+        sheet, tiles, _ = drawn
+        title = sheet[: make_contact_sheets.TITLE_PX]
+        assert title.max() == 255  # white title text
+        assert (title.max(axis=2) > 128).sum() > 200  # two lines of glyphs, not a speck
+        band = sheet[make_contact_sheets.TITLE_PX : make_contact_sheets.TITLE_PX + 16]
+        assert 180 < band.max() <= 221  # label grey #dddddd, antialiased
+        assert (band.max(axis=2) > 100).sum() > 50 * len(tiles)
+
+    def test_text_image_is_wider_for_longer_text_and_knows_its_baseline(self):
+        short, short_baseline = make_contact_sheets.text_image("axial", 10)
+        long, _ = make_contact_sheets.text_image("axial +12.5 mm  #3/40", 10)
+        assert long.shape[1] > short.shape[1] > 10
+        assert short.dtype == np.uint8 and short.max() == 255
+        assert np.flatnonzero(short.any(axis=1))[-1] == short_baseline  # no descender
+        hanging, baseline = make_contact_sheets.text_image("sagittal", 10)
+        assert np.flatnonzero(hanging.any(axis=1))[-1] >= baseline + 2  # the g hangs below
+
+    def test_texts_share_the_baseline(self):
+        plain, with_descender = np.zeros((2, 20, 60, 3), np.uint8)
+        make_contact_sheets.draw_text(plain, "ax", 10, (255,) * 3, 30, 14)
+        make_contact_sheets.draw_text(with_descender, "ax g", 10, (255,) * 3, 30, 14)
+        assert not plain[15:].any() and with_descender[15:].any()  # only the g goes below
+        assert np.flatnonzero(plain.any(axis=(1, 2)))[-1] == 14
+
+    def test_text_is_clipped_at_the_canvas_edge(self):
+        canvas = np.zeros((20, 30, 3), np.uint8)
+        make_contact_sheets.draw_text(canvas, "a long label past both edges", 7, (9, 9, 9), 15, 12)
+        assert canvas.max() == 9 and canvas[:, :3].any() and canvas[:, -3:].any()
+        make_contact_sheets.draw_text(canvas, "gone", 7, (255,) * 3, 500, 12)
+        assert canvas.max() == 9  # wholly outside: nothing drawn

@@ -17,6 +17,7 @@ import demo
 import extract_metadata
 import merge_metadata
 import scan_study
+import table_schema
 from sharding import bucket_count
 
 MR_FILES = sorted(demo.MR_SERIES.iterdir())
@@ -404,3 +405,23 @@ class TestBatchWorkLists:
         one = self.merge(study, out)
         assert len(one) == 2
         assert set(one) < set(two)
+
+
+class TestPartsSchema:
+    @pytest.mark.parametrize("extra", [(), ("EchoTime", "ImageType", "AcquisitionDate")])
+    def test_the_shards_schema_is_the_instances_schema_list_names_included(self, tmp_path, extra):
+        part = tmp_path / "part.parquet"
+        args = ["--study", str(demo.STUDY), "--shard", str(self.shard(tmp_path))]
+        args += ["--instances", str(part), "--errors", str(tmp_path / "e.parquet")]
+        assert extract_metadata.main(args + [f"--keyword={k}" for k in extra]) == 0
+        expected = table_schema.instances_schema(extra)
+        found = merge_metadata.parts_schema([str(part)], extra)
+        assert found.equals(expected) and str(found) == str(expected)  # list<item: …>
+        assert merge_metadata.parts_schema([], extra).equals(expected)
+
+    @staticmethod
+    def shard(tmp_path: Path) -> Path:
+        scan = tmp_path / "scan"
+        args = ["--study", str(demo.STUDY), "--out-dir", str(scan), "--files-per-shard", "4"]
+        assert scan_study.main(args) == 0
+        return sorted(scan.glob("shard_*.jsonl"))[0]

@@ -966,6 +966,54 @@ def fresh_process_ms(measure: str, files: Sequence[Path], repeats: int) -> float
     return best
 
 
+STEPS = (
+    "extract_metadata",
+    "merge_metadata",
+    "save_slices",
+    "render_thumbnails",
+    "make_contact_sheets",
+    "finalize_tables",
+    "build_review_page",
+)
+"""Step scripts whose start-up (imports) every job of the step pays."""
+
+
+def startup_seconds(cmd: Sequence[str], repeats: int) -> tuple[float, float]:
+    """Best wall and CPU seconds (user + system) of ``repeats`` runs of ``cmd``."""
+    best_wall = best_cpu = float("inf")
+    for _ in range(repeats):
+        before = os.times()
+        started = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, env=tool_env(), check=True)
+        wall = time.perf_counter() - started
+        after = os.times()
+        cpu = (after.children_user - before.children_user) + (
+            after.children_system - before.children_system
+        )
+        best_wall, best_cpu = min(best_wall, wall), min(best_cpu, cpu)
+    return best_wall, best_cpu
+
+
+def profile_startups(repeats: int) -> list[tuple[str, float, float]]:
+    """``(command, wall s, CPU s)`` of each step script's start-up (``--help``: every import,
+    no work) and of Snakemake's (``--version``), best of ``repeats``.
+    """
+    rows = []
+    for step in STEPS:
+        cmd = [sys.executable, str(SCRIPTS / f"{step}.py"), "--help"]
+        rows.append((step, *startup_seconds(cmd, repeats)))
+    cmd = [sys.executable, "-m", "snakemake", "--version"]
+    rows.append(("snakemake --version", *startup_seconds(cmd, repeats)))
+    return rows
+
+
+def startup_table(rows: Sequence[tuple[str, float, float]]) -> str:
+    """Markdown table of :func:`profile_startups` rows."""
+    lines = ["| start-up of | wall_s | cpu_s |", "| :--- | ---: | ---: |"]
+    lines += [f"| {name} | {wall:.2f} | {cpu:.2f} |" for name, wall, cpu in rows]
+    return "\n".join(lines)
+
+
 def vendor_files(limit: int) -> dict[str, list[Path]]:
     """Up to ``limit`` files of each real series present, by vendor (demo's two shared)."""
     groups: dict[str, list[build_study.Template]] = {}
@@ -1200,6 +1248,7 @@ def write_outputs(
     notes: dict[str, object],
     skipped: Sequence[str] = (),
     vendors: Sequence[VendorRow] = (),
+    startups: Sequence[tuple[str, float, float]] = (),
 ) -> None:
     """Write ``benchmark.md`` (machine, tables, notes), ``benchmark.tsv``, ``vendors.tsv``.
 
@@ -1218,6 +1267,8 @@ def write_outputs(
         Reasons for studies left out (not enough disk), listed under the notes.
     vendors : sequence of VendorRow
         The per-vendor table (``vendors.tsv`` is written only when given).
+    startups : sequence of (str, float, float)
+        Start-up of each step script and of Snakemake, from :func:`profile_startups`.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     md = f"{machine}\n\n"
@@ -1225,6 +1276,8 @@ def write_outputs(
         md += f"{markdown_table(vendors, VENDOR_COLUMNS)}\n\n"
         text = tsv_text(vendors, VENDOR_COLUMNS)
         (out_dir / "vendors.tsv").write_text(text, encoding="utf-8")
+    if startups:
+        md += f"{startup_table(startups)}\n\n"
     md += f"{markdown_table(rows)}\n\n{NOTES.format(**notes)}"
     md += "".join(f"- skipped: {reason}\n" for reason in skipped)
     (out_dir / "benchmark.md").write_text(md, encoding="utf-8")
@@ -1350,13 +1403,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return None
         return built[size]
 
-    vendors = []
+    vendors, startups = [], []
     if args.profile_files:
         try:
             vendors = profile_vendors(args.profile_files, args.profile_repeats)
         except RuntimeError as exc:
             log.error("%s", exc)
             skipped.append(f"per-vendor costs: {str(exc).splitlines()[0]}")
+        startups = profile_startups(args.profile_repeats)
     try:
         for size in args.sizes:
             if (study := study_or_skip(size)) is not None:
@@ -1390,9 +1444,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "profile_files": args.profile_files,
         "repeats": args.profile_repeats,
     }
-    write_outputs(args.out_dir, rows, machine, notes, skipped, vendors)
+    write_outputs(args.out_dir, rows, machine, notes, skipped, vendors, startups)
     if vendors:
         print(aligned_table(vendors, VENDOR_COLUMNS))
+        print()
+    if startups:
+        print(startup_table(startups))
         print()
     print(aligned_table(rows))
     print(machine)

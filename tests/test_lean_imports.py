@@ -1,0 +1,63 @@
+"""Tests for scripts/lean_imports.py: unused packages stay out of a step's own process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import demo
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+WATCHED = ("pandas", "requests", "gdcm", "PIL")
+
+PROBE = """
+import json, sys
+sys.argv = [sys.argv[1]]
+import lean_imports
+import pydicom, pyarrow as pa
+pa.array([1])  # pyarrow looks for pandas on its first array
+ds = pydicom.dcmread({path!r}, stop_before_pixels=True)
+loaded = sorted({{m.split(".")[0] for m in sys.modules}} & set({watched!r}))
+print(json.dumps({{"loaded": loaded, "modality": ds.Modality}}))
+"""
+
+
+def probe(argv0: str) -> dict:
+    """Modules loaded by a process that believes it runs ``argv0`` and reads a demo file."""
+    code = PROBE.format(path=str(demo.CT_SMALL), watched=WATCHED)
+    out = subprocess.run(
+        [sys.executable, "-c", code, argv0],
+        env={"PYTHONPATH": str(SCRIPTS), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize(
+    ("step", "absent"),
+    [
+        ("extract_metadata", {"pandas", "requests", "gdcm", "PIL"}),
+        ("merge_metadata", {"pandas", "requests", "gdcm", "PIL"}),
+        ("save_slices", {"pandas", "requests"}),
+    ],
+)
+def test_a_step_process_does_without_what_it_never_uses(step, absent):
+    found = probe(str(SCRIPTS / f"{step}.py"))
+    assert found["modality"] == "CT"  # pydicom still reads the header
+    assert not absent & set(found["loaded"])
+
+
+def test_save_slices_keeps_the_pixel_plugins_it_decodes_with():
+    found = probe(str(SCRIPTS / "save_slices.py"))
+    assert {"gdcm", "PIL"} <= set(found["loaded"])
+
+
+def test_nothing_is_blocked_outside_a_step_script():
+    found = probe(str(Path(sys.executable)))  # e.g. pytest or snakemake importing scripts/
+    assert {"pandas", "requests", "gdcm", "PIL"} <= set(found["loaded"])
