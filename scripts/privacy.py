@@ -14,10 +14,8 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable
+from functools import cache
 from pathlib import Path
-
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.uid import UID_dictionary
 
 KEY_ENV = "DICOM_PIPELINE_PSEUDONYM_KEY"
 """Environment variable holding the pseudonymisation key."""
@@ -103,7 +101,19 @@ IDENTIFYING_KEYWORDS = (
 )
 """Keywords of PS3.15 Table E.1-1 (Basic Profile) commonly found in headers."""
 
-_TAGS = {tag_for_keyword(k): k for k in IDENTIFYING_KEYWORDS if tag_for_keyword(k)}
+
+@cache
+def _dictionary():
+    """The DICOM data dictionary, imported on first use: steps that only blank page or sheet
+    text (review page, contact sheets) need not pay for importing pydicom.
+
+    Returns ``(dictionary_VR, tag_for_keyword, UID_dictionary, identifying tags)``.
+    """
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.uid import UID_dictionary
+
+    tags = {tag_for_keyword(k): k for k in IDENTIFYING_KEYWORDS if tag_for_keyword(k)}
+    return dictionary_VR, tag_for_keyword, UID_dictionary, tags
 
 
 def load_key(env: dict | None = None) -> bytes:
@@ -128,14 +138,14 @@ _NUMERIC_VRS = {"DS", "IS", "FL", "FD", "US", "UL", "SS", "SL", "SV", "UV"}
 
 def _is_registered_uid(value: str) -> bool:
     """Class and syntax UIDs from the DICOM registry identify nothing; keep them."""
-    return value in UID_dictionary
+    return value in _dictionary()[2]
 
 
 def _value_action(tag: int, vr: str | None) -> str:
     """``keep``, ``remove`` or ``hash`` for an element, by its tag and VR."""
     if vr in _REMOVED_VRS:
         return "remove"
-    if vr in ("PN", "UI", "AE") or tag in _TAGS:  # names, UIDs, station AE titles
+    if vr in ("PN", "UI", "AE") or tag in _dictionary()[3]:  # names, UIDs, station AE titles
         return "remove" if vr in _NUMERIC_VRS or vr == "SQ" else "hash"
     return "keep"
 
@@ -148,6 +158,7 @@ def _hash_value(value, key: bytes, vr: str):
 
 def pseudonymize_row(row: dict, key: bytes) -> dict:
     """A new instance row: identifying keyword columns hashed, dates and times removed."""
+    dictionary_VR, tag_for_keyword, _, _ = _dictionary()
     out = dict(row)
     for keyword, value in row.items():
         tag = tag_for_keyword(keyword)
@@ -313,7 +324,10 @@ def series_without_identifying_text(series: list[dict], manifest, study) -> list
     out = []
     for record in series:
         source = sources.get(record["series_key"])
-        ids = header_patient_identifiers(study_file(Path(study), source)) if source else []
+        if not source or not any(record.get(c) for c in SERIES_FREE_TEXT):
+            out.append(record)  # nothing to compare: no header read, no pydicom import
+            continue
+        ids = header_patient_identifiers(study_file(Path(study), source))
         blanked = {c: blank_identifying(record[c], ids) for c in SERIES_FREE_TEXT if c in record}
         out.append({**record, **blanked})
     return out
