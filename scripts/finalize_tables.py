@@ -1,7 +1,10 @@
-"""Write metadata/slices.parquet and metadata/errors.parquet once every batch is done.
+"""Write metadata/slices.parquet, errors.parquet and series.parquet once every batch is done.
 
 Errors are complete only now: pixel decoding in the slice stage adds
-``undecodable_pixels`` rows to the header errors found while extracting.
+``undecodable_pixels`` rows to the header errors found while extracting. The final
+series table is the merge's with the reviewers' ratings (``review.ratings``, a CSV the
+review page downloads) joined in as ``qc_*`` columns, so a new ratings file reruns only
+this step and the page.
 
 This is also where a rerun drops what the study and settings no longer produce: every
 file under ``slices/``, ``thumbnails/`` and ``contact_sheets/`` that the final tables do
@@ -26,8 +29,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import ratings as ratings_csv
 import table_schema
-from table_schema import MANIFEST_SCHEMA, SHEETS_SCHEMA, THUMBNAILS_SCHEMA, read_parts
+from table_schema import MANIFEST_SCHEMA, QC_SCHEMA, SHEETS_SCHEMA, THUMBNAILS_SCHEMA, read_parts
 
 log = logging.getLogger("finalize_tables")
 
@@ -49,6 +53,37 @@ def slices_table(manifest_parts: Sequence[str], thumbnail_parts: Sequence[str]) 
 def errors_table(error_parts: Sequence[str]) -> pa.Table:
     """All error rows, in the fixed order of :func:`table_schema.sorted_errors`."""
     return table_schema.sorted_errors(read_parts(error_parts, table_schema.ERRORS_SCHEMA))
+
+
+def series_with_ratings(series: pa.Table, ratings: dict[str, dict]) -> tuple[pa.Table, list[str]]:
+    """The series table with the :data:`table_schema.QC_SCHEMA` columns appended.
+
+    Parameters
+    ----------
+    series : pyarrow.Table
+        The merged series table (one row per series or stack, ``series_key`` unique).
+    ratings : dict
+        Series key → parsed rating row (:func:`ratings.read_ratings`).
+
+    Returns
+    -------
+    table : pyarrow.Table
+        ``series`` in its row order with ``qc_rating``, ``qc_tags``, ``qc_note``,
+        ``qc_rater`` and ``qc_rated_at`` (null where a series is not rated).
+    unknown : list of str
+        Sorted series keys of ratings that match no series of the table.
+    """
+    keys = series.column("series_key").to_pylist()
+    rows = [ratings.get(k) or {} for k in keys]
+    sources = {"qc_rating": "rating", "qc_note": "note", "qc_rater": "rater"}
+    sources.update({"qc_rated_at": "rated_at", "qc_tags": "tags"})
+    out = series.drop_columns([f.name for f in QC_SCHEMA if f.name in series.column_names])
+    for field in QC_SCHEMA:
+        values = [row.get(sources[field.name]) for row in rows]
+        if field.name == "qc_tags":
+            values = [v or None for v in values]
+        out = out.append_column(field, pa.array(values, field.type))
+    return out, sorted(set(ratings) - set(keys))
 
 
 OUTPUT_FOLDERS = ("slices", "thumbnails", "contact_sheets")
@@ -131,6 +166,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--sheets", nargs="*", help="every batch's sheets table (needed with --results)"
     )
     parser.add_argument("--series", help="series.parquet: whose caches and batches are kept")
+    parser.add_argument(
+        "--series-out", help="final series table: --series with the ratings joined in"
+    )
+    parser.add_argument(
+        "--ratings", nargs="*", default=[], help="ratings CSVs of the review page (later wins)"
+    )
     return parser.parse_args(argv)
 
 
@@ -138,6 +179,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Write the final slices and errors tables."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    if args.series_out:
+        if not args.series:
+            log.error("--series-out needs --series")
+            return 2
+        try:
+            rated = ratings_csv.read_all(args.ratings)
+        except ratings_csv.RatingsError as exc:
+            log.error("%s", exc)
+            return 1
+        series, unknown = series_with_ratings(pq.read_table(args.series), rated)
+        if unknown:
+            shown = ", ".join(unknown[:20]) + (" …" if len(unknown) > 20 else "")
+            log.warning(
+                "%d rated series_key(s) match no series of this run and are ignored: %s",
+                len(unknown),
+                shown,
+            )
+        table_schema.write_table(series, args.series_out)
+        log.info("%d of %d series rated", len(rated) - len(unknown), series.num_rows)
     slices = slices_table(args.manifests, args.thumbnails)
     errors = errors_table(args.error_parts)
     table_schema.write_table(slices, args.slices)

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from matplotlib.ft2font import FT2Font, LoadFlags
 
+import privacy
 import series_cache
 import table_schema
 
@@ -271,6 +272,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tiles", type=int, default=16, help="most tiles per sheet")
     parser.add_argument("--out", required=True, help="sheets table to write")
     parser.add_argument("--report-dir", type=Path, help="folder to link each sheet into")
+    parser.add_argument("--study", type=Path, help="study folder: titles never repeat a patient ID")
     return parser.parse_args(argv)
 
 
@@ -283,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     series = (
         pq.read_table(args.series, filters=[("series_key", "in", keys)]).to_pylist() if keys else []
     )
+    series = privacy.series_without_identifying_text(series, manifest, args.study)
     rendered = set(pq.read_table(args.thumbnails, columns=["png_path"]).column(0).to_pylist())
     if args.report_dir is not None:
         args.report_dir.mkdir(parents=True, exist_ok=True)  # exists even when no sheet is drawn

@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.uid import UID_dictionary
+import re
+from collections import Counter
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
 
 KEY_ENV = "DICOM_PIPELINE_PSEUDONYM_KEY"
 """Environment variable holding the pseudonymisation key."""
@@ -99,7 +101,19 @@ IDENTIFYING_KEYWORDS = (
 )
 """Keywords of PS3.15 Table E.1-1 (Basic Profile) commonly found in headers."""
 
-_TAGS = {tag_for_keyword(k): k for k in IDENTIFYING_KEYWORDS if tag_for_keyword(k)}
+
+@cache
+def _dictionary():
+    """The DICOM data dictionary, imported on first use: steps that only blank page or sheet
+    text (review page, contact sheets) need not pay for importing pydicom.
+
+    Returns ``(dictionary_VR, tag_for_keyword, UID_dictionary, identifying tags)``.
+    """
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.uid import UID_dictionary
+
+    tags = {tag_for_keyword(k): k for k in IDENTIFYING_KEYWORDS if tag_for_keyword(k)}
+    return dictionary_VR, tag_for_keyword, UID_dictionary, tags
 
 
 def load_key(env: dict | None = None) -> bytes:
@@ -124,14 +138,14 @@ _NUMERIC_VRS = {"DS", "IS", "FL", "FD", "US", "UL", "SS", "SL", "SV", "UV"}
 
 def _is_registered_uid(value: str) -> bool:
     """Class and syntax UIDs from the DICOM registry identify nothing; keep them."""
-    return value in UID_dictionary
+    return value in _dictionary()[2]
 
 
 def _value_action(tag: int, vr: str | None) -> str:
     """``keep``, ``remove`` or ``hash`` for an element, by its tag and VR."""
     if vr in _REMOVED_VRS:
         return "remove"
-    if vr in ("PN", "UI", "AE") or tag in _TAGS:  # names, UIDs, station AE titles
+    if vr in ("PN", "UI", "AE") or tag in _dictionary()[3]:  # names, UIDs, station AE titles
         return "remove" if vr in _NUMERIC_VRS or vr == "SQ" else "hash"
     return "keep"
 
@@ -144,6 +158,7 @@ def _hash_value(value, key: bytes, vr: str):
 
 def pseudonymize_row(row: dict, key: bytes) -> dict:
     """A new instance row: identifying keyword columns hashed, dates and times removed."""
+    dictionary_VR, tag_for_keyword, _, _ = _dictionary()
     out = dict(row)
     for keyword, value in row.items():
         tag = tag_for_keyword(keyword)
@@ -189,4 +204,130 @@ def pseudonymize_json(model: dict, key: bytes) -> dict:
             }
         else:
             out[tag_hex] = {"vr": vr, "Value": [_hash_value(v, key, vr) for v in element["Value"]]}
+    return out
+
+
+PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate")
+"""Values no free text on the review page or a contact sheet may repeat."""
+
+_SEPARATORS = re.compile(r"[\s^,;:=_./\\-]+")
+_MIN_CONTAINED = 6
+"""An identifier this long (separators aside) is also removed when text merely contains it."""
+
+
+def _tokens(text: str) -> list[str]:
+    return [t for t in _SEPARATORS.split(text.casefold()) if t]
+
+
+def identifier_variants(identifiers: Iterable[str | None]) -> list[str]:
+    """Patient values with the other spellings of a date (``19700606`` → ``1970-06-06``…).
+
+    Empty values are dropped; the result is sorted and free of repeats.
+    """
+    out = set()
+    for value in identifiers:
+        text = str(value or "").strip()
+        if not text:
+            continue
+        out.add(text)
+        if re.fullmatch(r"\d{8}", text):
+            y, m, d = text[:4], text[4:6], text[6:]
+            out.update({f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{d}/{m}/{y}", f"{m}/{d}/{y}"})
+    return sorted(out)
+
+
+def repeats_identifier(text: str | None, identifiers: Iterable[str]) -> bool:
+    """Whether free text equals a patient identifier, or contains a long one.
+
+    Names compare word by word, ignoring case, order and separators (``Doe^John`` equals
+    ``john doe`` and ``DOE, JOHN``); an identifier of at least six characters also
+    matches when all its words occur in the text (``Head MR DOE JOHN``).
+    """
+    if not text:
+        return False
+    words = _tokens(str(text))
+    if not words:
+        return False
+    have = Counter(words)
+    for identifier in identifiers:
+        need = _tokens(identifier)
+        if not need:
+            continue
+        if sorted(need) == sorted(words):
+            return True
+        if len("".join(need)) >= _MIN_CONTAINED and not Counter(need) - have:
+            return True
+    return False
+
+
+def blank_identifying(text: str | None, identifiers: Iterable[str]) -> str | None:
+    """``text``, or None when it repeats a patient identifier (:func:`repeats_identifier`)."""
+    return None if repeats_identifier(text, identifiers) else text
+
+
+def redact_identifiers(text: str | None, identifiers: Iterable[str]) -> str | None:
+    """``text`` with every occurrence of an identifier, or of a name's word of four or more
+    letters, replaced by ``…`` (for paths and error details, which are not dropped whole).
+    """
+    if not text:
+        return text
+    parts = set()
+    for identifier in identifiers:
+        parts.add(identifier)
+        parts.update(w for w in re.split(r"[\s^]+", identifier) if len(w) >= 4)
+    for part in sorted((p for p in parts if len(p) >= 4), key=len, reverse=True):
+        text = re.sub(re.escape(part), "…", text, flags=re.IGNORECASE)
+    return text
+
+
+SERIES_FREE_TEXT = (
+    "SeriesDescription",
+    "StudyDescription",
+    "BodyPartExamined",
+    "Manufacturer",
+    "ManufacturerModelName",
+)
+"""Series columns shown as text on sheets and the review page."""
+
+
+def header_patient_identifiers(path: str | os.PathLike) -> list[str]:
+    """PatientName, PatientID and PatientBirthDate of one DICOM file (with
+    :func:`identifier_variants`), read without pixels; empty when it cannot be read.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(
+            path, stop_before_pixels=True, force=True, specific_tags=list(PATIENT_KEYWORDS)
+        )
+        values = [ds.get(k) for k in PATIENT_KEYWORDS]
+    except Exception:  # noqa: BLE001 - a header that cannot be read names nobody
+        return []
+    return identifier_variants(str(v) for v in values if v is not None)
+
+
+def series_without_identifying_text(series: list[dict], manifest, study) -> list[dict]:
+    """Series records whose :data:`SERIES_FREE_TEXT` repeating the patient's identifiers
+    (read from one saved slice's source file per series) is set to None.
+
+    ``manifest`` is a batch's slice manifest table (``series_key``, ``source_path``);
+    without a ``study`` folder the records are returned unchanged.
+    """
+    if study is None or not series:
+        return series
+    from dicom_io import study_file
+
+    sources: dict[str, str] = {}
+    for row in manifest.select(["series_key", "source_path"]).to_pylist():
+        if row["source_path"]:
+            sources.setdefault(row["series_key"], row["source_path"])
+    out = []
+    for record in series:
+        source = sources.get(record["series_key"])
+        if not source or not any(record.get(c) for c in SERIES_FREE_TEXT):
+            out.append(record)  # nothing to compare: no header read, no pydicom import
+            continue
+        ids = header_patient_identifiers(study_file(Path(study), source))
+        blanked = {c: blank_identifying(record[c], ids) for c in SERIES_FREE_TEXT if c in record}
+        out.append({**record, **blanked})
     return out

@@ -269,6 +269,19 @@ SHEETS_SCHEMA = pa.schema(
 )
 """``_work/sheets/batch_N.parquet``: one row per contact sheet."""
 
+QC_SCHEMA = pa.schema(
+    [
+        ("qc_rating", pa.int64()),
+        ("qc_tags", pa.list_(pa.string())),
+        ("qc_note", pa.string()),
+        ("qc_rater", pa.string()),
+        ("qc_rated_at", pa.string()),
+    ]
+)
+"""Columns ``finalize_tables`` adds to ``metadata/series.parquet`` from ``review.ratings``:
+rating 1–4 (exclude, poor, acceptable, excellent), artifact tags, note, who and when;
+null for series nobody rated."""
+
 
 def read_parts(paths: Sequence[str], schema: pa.Schema) -> pa.Table:
     """Concatenate per-shard or per-batch tables with one schema (empty when there are none)."""

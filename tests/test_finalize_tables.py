@@ -8,6 +8,7 @@ import pytest
 
 import demo
 import finalize_tables
+import ratings
 import render_thumbnails
 import save_slices
 import table_schema
@@ -155,6 +156,86 @@ class TestMain:
         metadata = finalized["results"] / "metadata"
         for name, path in paths.items():
             assert path.read_bytes() == (metadata / f"{name}.parquet").read_bytes(), name
+
+
+class TestSeriesWithRatings:
+    def test_ratings_become_qc_columns_of_their_series_and_others_stay_null(self, demo_metadata):
+        series = pq.read_table(demo_metadata["series"])
+        keys = series.column("series_key").to_pylist()
+        rated = {
+            keys[0]: {
+                "rating": 3,
+                "tags": ["motion"],
+                "note": "n",
+                "rater": "ann",
+                "rated_at": "t",
+            },
+            keys[2]: {"rating": 1, "tags": [], "note": None, "rater": None, "rated_at": None},
+        }
+        table, unknown = finalize_tables.series_with_ratings(series, rated)
+        assert unknown == []
+        assert table.column_names == series.column_names + table_schema.QC_SCHEMA.names
+        assert table.schema.field("qc_rating").type == pa.int64()
+        assert table.select(series.column_names).equals(series)
+        rows = {r["series_key"]: r for r in table.to_pylist()}
+        assert rows[keys[0]]["qc_rating"] == 3
+        assert rows[keys[0]]["qc_tags"] == ["motion"]
+        assert (rows[keys[0]]["qc_note"], rows[keys[0]]["qc_rater"]) == ("n", "ann")
+        assert rows[keys[2]]["qc_rating"] == 1 and rows[keys[2]]["qc_tags"] is None
+        assert [r["qc_rating"] for r in rows.values()].count(None) == len(keys) - 2
+
+    def test_ratings_of_unknown_series_are_returned_not_joined(self, demo_metadata):
+        series = pq.read_table(demo_metadata["series"])
+        rated = {"nosuchseries": {"rating": 2, "tags": []}}
+        table, unknown = finalize_tables.series_with_ratings(series, rated)
+        assert unknown == ["nosuchseries"]
+        assert table.column("qc_rating").null_count == series.num_rows
+
+    def test_no_ratings_give_null_qc_columns(self, demo_metadata):
+        series = pq.read_table(demo_metadata["series"])
+        table, _ = finalize_tables.series_with_ratings(series, {})
+        for name in table_schema.QC_SCHEMA.names:
+            assert table.column(name).null_count == series.num_rows
+
+
+class TestMainWithRatings:
+    def args(self, finalized, tmp_path, series_path) -> list[str]:
+        args = ["--manifests", *finalized["manifests"], "--thumbnails", *finalized["thumbnails"]]
+        args += ["--error-parts", *finalized["error_parts"]]
+        args += ["--slices", str(tmp_path / "s.parquet"), "--errors", str(tmp_path / "e.parquet")]
+        return args + ["--series", str(series_path), "--series-out", str(tmp_path / "series.pq")]
+
+    def test_ratings_csv_is_joined_and_unknown_keys_are_logged(
+        self, finalized, demo_metadata, tmp_path, caplog
+    ):
+        key = pq.read_table(demo_metadata["series"]).column("series_key")[0].as_py()
+        csv = tmp_path / "ratings.csv"
+        csv.write_text(f"{','.join(ratings.COLUMNS)}\n{key},2,wrap,,,\nnosuch,4,,,,\n")
+        args = self.args(finalized, tmp_path, demo_metadata["series"])
+        assert finalize_tables.main([*args, "--ratings", str(csv)]) == 0
+        rows = pq.read_table(tmp_path / "series.pq").to_pylist()
+        assert [
+            (r["series_key"], r["qc_rating"], r["qc_tags"]) for r in rows if r["qc_rating"]
+        ] == [(key, 2, ["wrap"])]
+        assert "match no series of this run and are ignored: nosuch" in caplog.text
+
+    def test_malformed_ratings_fail_with_one_line_naming_file_and_row(
+        self, finalized, demo_metadata, tmp_path, caplog
+    ):
+        csv = tmp_path / "bad.csv"
+        csv.write_text(f"{','.join(ratings.COLUMNS)}\nk1,7,,,,\n")
+        args = self.args(finalized, tmp_path, demo_metadata["series"])
+        assert finalize_tables.main([*args, "--ratings", str(csv)]) == 1
+        assert f"ratings file {str(csv)!r}, row 2: rating must be" in caplog.text
+        assert not (tmp_path / "series.pq").exists()
+
+    def test_without_ratings_the_final_series_table_has_empty_qc_columns(
+        self, finalized, demo_metadata, tmp_path
+    ):
+        args = self.args(finalized, tmp_path, demo_metadata["series"])
+        assert finalize_tables.main([*args, "--ratings"]) == 0
+        table = pq.read_table(tmp_path / "series.pq")
+        assert table.column("qc_rating").null_count == table.num_rows
 
 
 def touch(results, *paths) -> None:

@@ -137,3 +137,80 @@ class TestPseudonymizeMode:
         proc = snakemake(tmp_path, "-n", *config, check=False, env={privacy.KEY_ENV: ""})
         lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
         assert proc.returncode != 0 and len(lines) == 1 and privacy.KEY_ENV in lines[0]
+
+
+class TestPatientIdentifiersInFreeText:
+    IDS = privacy.identifier_variants(["Doe^John", "021234567", "19700606", None, ""])
+
+    def test_dates_get_their_other_spellings_and_empty_values_are_dropped(self):
+        assert (
+            sorted(["Doe^John", "021234567", "19700606", "1970-06-06", "06.06.1970", "06/06/1970"])
+            == self.IDS
+        )
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            pytest.param("Doe^John", id="same"),
+            pytest.param("john doe", id="other-order-and-case"),
+            pytest.param("DOE, JOHN", id="comma"),
+            pytest.param("Head MR DOE JOHN", id="contains-the-name"),
+            pytest.param("021234567", id="patient-id"),
+            pytest.param("born 1970-06-06", id="birth-date-spelt-otherwise"),
+        ],
+    )
+    def test_text_repeating_an_identifier_is_blanked(self, text):
+        assert privacy.repeats_identifier(text, self.IDS)
+        assert privacy.blank_identifying(text, self.IDS) is None
+
+    @pytest.mark.parametrize(
+        "text", ["t1_mprage_sag", "Doe", "John", "abdomen^liver", "", None, "0212345"]
+    )
+    def test_other_text_is_kept(self, text):
+        assert privacy.blank_identifying(text, self.IDS) == text
+
+    def test_a_short_identifier_must_match_whole(self):
+        ids = privacy.identifier_variants(["HFS"])
+        assert privacy.repeats_identifier("hfs", ids)
+        assert not privacy.repeats_identifier("HFS head first supine", ids)
+
+    def test_identifiers_in_paths_are_cut_out(self):
+        path = "JOHN_DOE_19700606/MR/IM_0001"
+        assert privacy.redact_identifiers(path, self.IDS) == "…_DOE_…/MR/IM_0001"
+        assert privacy.redact_identifiers(None, self.IDS) is None
+
+
+class TestSeriesWithoutIdentifyingText:
+    """What make_contact_sheets titles sheets with, given the study folder."""
+
+    def manifest(self, key: str, source: str):
+        import pyarrow as pa
+
+        return pa.table({"series_key": [key], "source_path": [source]})
+
+    def test_a_description_equal_to_the_patient_name_is_blanked(self):
+        ds = pydicom.dcmread(demo.MR_OVERLAY, stop_before_pixels=True)
+        record = {
+            "series_key": "k",
+            "SeriesDescription": str(ds.PatientName).replace("^", " "),
+            "StudyDescription": ds.PatientID,
+            "Modality": "MR",
+        }
+        source = demo.MR_OVERLAY.relative_to(demo.STUDY).as_posix()
+        (out,) = privacy.series_without_identifying_text(
+            [record], self.manifest("k", source), demo.STUDY
+        )
+        assert out["SeriesDescription"] is None and out["StudyDescription"] is None
+        assert out["Modality"] == "MR" and record["SeriesDescription"], "input left alone"
+
+    def test_other_descriptions_are_kept_and_no_study_changes_nothing(self):
+        record = {"series_key": "k", "SeriesDescription": "marked lesion<MPR Collection>"}
+        source = demo.MR_OVERLAY.relative_to(demo.STUDY).as_posix()
+        manifest = self.manifest("k", source)
+        assert privacy.series_without_identifying_text([record], manifest, demo.STUDY) == [record]
+        assert privacy.series_without_identifying_text([record], manifest, None) == [record]
+
+    def test_an_unreadable_source_names_nobody(self, tmp_path):
+        (tmp_path / "x.dcm").write_bytes(b"not dicom")
+        assert privacy.header_patient_identifiers(tmp_path / "x.dcm") == []
+        assert privacy.header_patient_identifiers(tmp_path / "missing.dcm") == []

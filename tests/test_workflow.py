@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import build_review_page
 import demo
 from workflow_run import snakemake
 
@@ -74,17 +75,20 @@ class TestWorkflowOnDemoStudy:
         assert saved.dtype == np.float32
         np.testing.assert_array_equal(saved, expected.astype(np.float32))
 
-    def test_review_page_links_every_sheet_and_every_series(self, demo_run):
+    def test_review_page_data_lists_every_series_with_its_sheet_and_preview(self, demo_run):
         _, results, _ = demo_run
         page = (results / "index.html").read_text(encoding="utf-8")
+        assert '<script src="review/series.js">' in page
+        text = (results / "review" / "series.js").read_text(encoding="utf-8")
+        data = build_review_page.read_data_script(text)
         series = pq.read_table(results / "metadata" / "series.parquet").to_pylist()
-        for record in series:
-            assert record["series_key"] in page
-        for src in re.findall(r'<img src="([^"]+)"', page):
-            assert (results / src).is_file(), src
-        assert len(re.findall(r"<img ", page)) == len(
-            list((results / "contact_sheets").glob("*.png"))
+        assert sorted(s["k"] for s in data["series"]) == sorted(r["series_key"] for r in series)
+        sheets = [s["sheet"] for s in data["series"] if s["sheet"]]
+        assert sorted(sheets) == sorted(
+            p.relative_to(results).as_posix() for p in (results / "contact_sheets").glob("*.png")
         )
+        for src in sheets + [s["pv"] for s in data["series"] if s["pv"]]:
+            assert (results / src).is_file(), src
 
     def test_no_patient_identifiers_in_paths_page_or_logs(self, demo_run):
         import pydicom
@@ -93,10 +97,21 @@ class TestWorkflowOnDemoStudy:
         ds = pydicom.dcmread(demo.MR_SERIES / "IM_0001", stop_before_pixels=True)
         secrets = {str(ds.PatientName), str(ds.PatientID), str(ds.PatientBirthDate)} - {""}
         texts = [log, (results / "index.html").read_text(encoding="utf-8")]
+        texts.append((results / "review" / "series.js").read_text(encoding="utf-8"))
         texts += [p.read_text(errors="replace") for p in (results / "logs").rglob("*.log")]
         texts += [p.as_posix() for p in results.rglob("*")]
         for secret in secrets:
             assert not any(secret in text for text in texts), "patient identifier leaked"
+
+    def test_a_ratings_file_reruns_only_the_final_tables_and_the_page(self, demo_run):
+        cwd, results, _ = demo_run
+        key = pq.read_table(results / "metadata" / "series.parquet").column("series_key")[0]
+        (cwd / "ratings.csv").write_text(f"series_key,rating\n{key.as_py()}\n")
+        (cwd / "ratings.yaml").write_text("review:\n  ratings: ratings.csv\n")
+        args = ["-n", "--configfile", "ratings.yaml", "--config", "study=study", "results=results"]
+        proc = snakemake(cwd, *args)
+        jobs = re.findall(r"^rule (\w+):", proc.stdout, flags=re.MULTILINE)
+        assert sorted(set(jobs) - {"all"}) == ["build_review_page", "finalize_tables"], proc.stdout
 
     def test_second_run_has_nothing_to_do(self, demo_run):
         cwd, _, _ = demo_run
@@ -125,6 +140,18 @@ class TestSnakemakeChecks:
         lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
         assert proc.returncode != 0
         assert lines == ["dicom-study-pipeline: study folder has no files: empty"]
+
+    def test_a_malformed_ratings_file_stops_with_one_line_naming_file_and_row(self, tmp_path):
+        (tmp_path / "ratings.csv").write_text("series_key,rating\nabc,3\nabd,excellent\n")
+        (tmp_path / "ratings.yaml").write_text("review:\n  ratings: ratings.csv\n")
+        args = ["-n", "--configfile", "ratings.yaml", "--config", f"study={demo.STUDY}"]
+        proc = snakemake(tmp_path, *args, check=False)
+        assert proc.returncode != 0
+        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+        assert lines == [
+            "dicom-study-pipeline: ratings file 'ratings.csv', row 3: "
+            "rating must be 1, 2, 3, 4 or empty, got 'excellent'"
+        ]
 
     @pytest.mark.parametrize(
         ("override", "message"),

@@ -10,7 +10,8 @@ SCRIPTS = Path(workflow.basedir) / "scripts"
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 sys.path.insert(0, str(SCRIPTS))
 
-import privacy  # noqa: E402 - these three live in scripts/
+import privacy  # noqa: E402 - these four live in scripts/
+import ratings  # noqa: E402
 import scan_study  # noqa: E402
 import workflow_config  # noqa: E402
 
@@ -30,6 +31,14 @@ if _problem:
 
 STUDY = config["study"]
 RESULTS = config["results"]
+
+# A malformed ratings CSV stops the run before any job, with one line naming file and row.
+RATINGS = config["review"]["ratings"]
+if RATINGS:
+    try:
+        ratings.read_ratings(RATINGS)
+    except ratings.RatingsError as _exc:
+        sys.exit(f"dicom-study-pipeline: {_exc}")
 
 if config["privacy"]["mode"] == "pseudonymize":
     # The key reaches jobs through their environment only: never a parameter, log or output.
@@ -139,6 +148,11 @@ def error_parts(wildcards):
     return [res("_work/errors_extract.parquet")] + batch_parts(
         "_work/slices/batch_{batch}.errors.parquet"
     )(wildcards)
+
+
+def ratings_input():
+    """The ratings CSV of ``review.ratings`` as a list (empty when none is given)."""
+    return [RATINGS] if RATINGS else []
 
 
 def final_outputs():

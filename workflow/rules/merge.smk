@@ -6,7 +6,8 @@ checkpoint merge_metadata:
         script=script("merge_metadata"),
     output:
         instances=res("metadata/instances.parquet"),
-        series=res("metadata/series.parquet"),
+        # metadata/series.parquet is this table with the ratings joined (finalize_tables)
+        series=res("_work/series.parquet"),
         errors=res("_work/errors_extract.parquet"),
     log:
         res("logs/merge_metadata.log"),

@@ -5,11 +5,14 @@ rule finalize_tables:
         errors=error_parts,
         # sheets and series: it removes outputs no longer produced, once all are drawn
         sheets=batch_parts("_work/sheets/batch_{batch}.parquet"),
-        series=res("metadata/series.parquet"),
+        series=res("_work/series.parquet"),
+        # reviewers' ratings (review.ratings): a new file or content reruns only this and the page
+        ratings=ratings_input(),
         script=script("finalize_tables"),
     output:
         slices=res("metadata/slices.parquet"),
         errors=res("metadata/errors.parquet"),
+        series=res("metadata/series.parquet"),
     log:
         res("logs/finalize_tables.log"),
     benchmark:
@@ -23,7 +26,7 @@ rule finalize_tables:
         " --thumbnails {input.thumbnails:q} --error-parts {input.errors:q}"
         " --slices {output.slices:q} --errors {output.errors:q}"
         " --results {params.results:q} --sheets {input.sheets:q} --series {input.series:q}"
-        " > {log:q} 2>&1"
+        " --series-out {output.series:q} --ratings {input.ratings:q} > {log:q} 2>&1"
 
 
 rule build_review_page:
@@ -31,14 +34,19 @@ rule build_review_page:
         series=res("metadata/series.parquet"),
         slices=res("metadata/slices.parquet"),
         errors=res("metadata/errors.parquet"),
+        # which series each error row's file belongs to, and its patient's identifiers
+        instances=res("metadata/instances.parquet"),
         sheets=batch_parts("_work/sheets/batch_{batch}.parquet"),
         script=script("build_review_page"),
+        template=str(SCRIPTS / "review_page.html"),
     output:
         page=report(
             res("index.html"),
             caption="../report/review_page.rst",
             category="Review",
         ),
+        # the page's data; grid previews go to review/previews/ (not declared: one per series)
+        data=res("review/series.js"),
     log:
         res("logs/build_review_page.log"),
     benchmark:
@@ -47,5 +55,5 @@ rule build_review_page:
         "../envs/pipeline.yaml"
     shell:
         "python {input.script:q} --series {input.series:q} --slices {input.slices:q}"
-        " --errors {input.errors:q} --sheets {input.sheets:q} --out {output.page:q}"
-        " > {log:q} 2>&1"
+        " --errors {input.errors:q} --instances {input.instances:q}"
+        " --sheets {input.sheets:q} --out {output.page:q} > {log:q} 2>&1"

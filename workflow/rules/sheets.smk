@@ -22,7 +22,9 @@ rule make_contact_sheets:
     params:
         results=results_root,
         tiles=config["sheets"]["tiles"],
+        study=STUDY,
     shell:
         "python {input.script:q} --results {params.results:q} --manifest {input.manifest:q}"
         " --thumbnails {input.thumbnails:q} --series {input.series:q} --tiles {params.tiles}"
-        " --out {output.sheets:q} --report-dir {output.report_dir:q} > {log:q} 2>&1"
+        " --out {output.sheets:q} --report-dir {output.report_dir:q} --study {params.study:q}"
+        " > {log:q} 2>&1"
