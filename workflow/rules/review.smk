@@ -6,10 +6,12 @@ rule finalize_tables:
         # sheets and series: it removes outputs no longer produced, once all are drawn
         sheets=batch_parts("_work/sheets/batch_{batch}.parquet"),
         series=res("metadata/series.parquet"),
+        volumes=batch_parts("_work/volumes/batch_{batch}.parquet"),
         script=script("finalize_tables"),
     output:
         slices=res("metadata/slices.parquet"),
         errors=res("metadata/errors.parquet"),
+        volumes=res("metadata/volumes.parquet"),
     log:
         res("logs/finalize_tables.log"),
     benchmark:
@@ -23,6 +25,7 @@ rule finalize_tables:
         " --thumbnails {input.thumbnails:q} --error-parts {input.errors:q}"
         " --slices {output.slices:q} --errors {output.errors:q}"
         " --results {params.results:q} --sheets {input.sheets:q} --series {input.series:q}"
+        " --volume-parts {input.volumes:q} --volumes {output.volumes:q}"
         " > {log:q} 2>&1"
 
 
