@@ -120,18 +120,12 @@ def ras_affine(orientation, pixel_spacing, first, last, n_slices: int) -> np.nda
 def orientation_code(affine) -> str:
     """Direction each voxel axis points to, e.g. ``LPS`` for an axial DICOM stack.
 
-    Letters are nibabel's axis codes of a RAS affine: R/L, A/P, S/I for the patient axis
-    each of ``i, j, k`` follows most closely (``nibabel.aff2axcodes`` gives the same).
+    nibabel's axis codes of a RAS affine (R/L, A/P, S/I for the patient axis each of
+    ``i, j, k`` follows most closely), so an oblique stack is named as nibabel names it.
     """
-    matrix = np.asarray(affine, dtype=float)[:3, :3]
-    letters = (("L", "R"), ("P", "A"), ("I", "S"))
-    code, used = "", set()
-    for column in matrix.T:
-        order = np.argsort(-np.abs(column), kind="stable")
-        axis = next(int(a) for a in order if int(a) not in used)
-        used.add(axis)
-        code += letters[axis][int(column[axis] > 0)]
-    return code
+    from nibabel.orientations import aff2axcodes
+
+    return "".join(aff2axcodes(np.asarray(affine, dtype=float)))
 
 
 def grid_problem(positions, orientation, photometric: str | None) -> str | None:
