@@ -4,6 +4,7 @@ storage, skip reasons, one decode per stack, and agreement with dcm2niix on real
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,7 +16,10 @@ import pydicom
 import pytest
 
 import demo
+import finalize_tables
+import query
 import save_slices
+import table_schema
 import volumes
 from steps import index_study
 
@@ -503,3 +507,76 @@ class TestVendorAgreesWithDcm2niix:
         assert skipped[0]["path"].startswith("Siemens_mosaic_DWI/")
         assert skipped[0]["detail"].endswith("no volume written: 12 duplicate slice position(s)")
         assert skipped[0]["severity"] == "warning"
+
+
+# --- finalize_tables and the README's Volumes recipes --------------------------------
+
+
+@pytest.fixture(scope="module")
+def finalized_volumes(demo_volumes, tmp_path_factory) -> Path:
+    """``results/`` with metadata/series.parquet and the volumes.parquet finalize writes."""
+    cwd = tmp_path_factory.mktemp("readme")
+    results = demo_volumes["results"]
+    (cwd / "results").symlink_to(results, target_is_directory=True)
+    (results / "metadata").mkdir(exist_ok=True)
+    shutil.copy(demo_volumes["metadata"]["series"], results / "metadata" / "series.parquet")
+    parts = sorted(str(p) for p in (results / "parts").glob("volumes_*.parquet"))
+    argv = ["--slices", str(cwd / "slices.parquet"), "--errors", str(cwd / "errors.parquet")]
+    argv += ["--volume-parts", *parts, "--volumes", str(results / "metadata" / "volumes.parquet")]
+    assert finalize_tables.main(argv) == 0
+    return cwd
+
+
+def volumes_section_blocks(language: str) -> list[str]:
+    text = (demo.ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Volumes", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
+
+
+class TestFinalizeVolumes:
+    def test_volumes_table_is_every_batch_sorted(self, demo_volumes, finalized_volumes):
+        table = pq.read_table(finalized_volumes / "results" / "metadata" / "volumes.parquet")
+        assert table.schema.equals(table_schema.VOLUMES_SCHEMA)
+        keys = [(r["series_key"], r["format"]) for r in table.to_pylist()]
+        assert keys == sorted(keys) and len(keys) == 6
+
+    def test_no_parts_give_an_empty_table_with_the_schema(self, tmp_path):
+        out = tmp_path / "volumes.parquet"
+        finalize_tables.write_volumes([], str(out), None)
+        table = pq.read_table(out)
+        assert table.num_rows == 0 and table.schema.equals(table_schema.VOLUMES_SCHEMA)
+
+    def test_unlisted_volume_files_are_removed(self, tmp_path):
+        (tmp_path / "volumes").mkdir()
+        for name in ("a.nii.gz", "a.npy", "b.nii.gz"):
+            (tmp_path / "volumes" / name).write_bytes(b"x")
+        listed = table_schema.table_from_rows(
+            [{"series_key": "a", "format": "nifti", "path": "volumes/a.nii.gz"}],
+            table_schema.VOLUMES_SCHEMA,
+        )
+        removed = finalize_tables.remove_unlisted_volumes(tmp_path, listed)
+        assert removed == ["volumes/a.npy", "volumes/b.nii.gz"]
+        assert [p.name for p in (tmp_path / "volumes").iterdir()] == ["a.nii.gz"]
+        empty = table_schema.VOLUMES_SCHEMA.empty_table()
+        finalize_tables.remove_unlisted_volumes(tmp_path, empty)
+        assert not (tmp_path / "volumes").exists()
+
+
+class TestReadmeVolumeRecipes:
+    def test_loading_recipe_gives_the_volume_and_its_affine(self, finalized_volumes, monkeypatch):
+        monkeypatch.chdir(finalized_volumes)
+        (code,) = volumes_section_blocks("python")
+        namespace: dict = {}
+        exec(code, namespace)  # noqa: S102 - the README's own code
+        nifti, npy = namespace["nifti"], namespace["npy"]
+        assert namespace["data"].shape == tuple(nifti["shape"])
+        assert "".join(namespace["codes"]) == nifti.orientation
+        np.testing.assert_allclose(namespace["affine"], namespace["image"].affine, atol=1e-4)
+        assert namespace["array"].shape == tuple(npy["shape"])
+
+    def test_t1_query_finds_the_demo_t1(self, finalized_volumes):
+        (sql,) = volumes_section_blocks("sql")
+        found = query.run_query(query.connect(finalized_volumes / "results"), sql)
+        assert found.series_key.tolist() == [DEMO_MR_KEY]
+        assert found.path.tolist() == [f"volumes/{DEMO_MR_KEY}.nii.gz"]
+        assert list(found["shape"][0]) == [256, 256, 35]
