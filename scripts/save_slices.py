@@ -175,17 +175,17 @@ class FrameDecoder:
         return self._ds
 
     def decode(
-        self, frame: Frame, decoded: np.ndarray | None = None
+        self, frame: Frame, decoded: np.ndarray | None = None, header: Dataset | None = None
     ) -> tuple[np.ndarray, str, str, Dataset]:
         """Values, units, photometric and header of one frame; raises when undecodable.
 
         ``decoded`` passes modality values already decoded (a frame of a stack decoded
-        whole), so only the header is needed.
+        whole), so only the header is needed; ``header``, when given, is that header.
         """
         if frame.path in self.failed:
             raise self.failed[frame.path]
         try:
-            ds = self._header(frame)
+            ds = header if header is not None else self._header(frame)
             if decoded is not None:
                 photometric = str(ds.get("PhotometricInterpretation", "")).strip()
                 return decoded, rendering.value_units(ds, frame.frame), photometric, ds
@@ -332,7 +332,7 @@ def save_series(
     decoder = FrameDecoder(study)
     manifest, errors, volume_rows = [], [], []
     write_volume, skip = volume_plan(series, frames, volume_settings)
-    volume = None
+    volume, whole = None, []
     if reformats or write_volume:
         try:
             whole = [decoder.decode_stored(f) for f in frames]
@@ -344,6 +344,7 @@ def save_series(
         volume_rows, skip = write_stack_volume(
             results, series, frames, whole, volume, volume_settings
         )
+        whole = [(None, None, ds) for _, _, ds in whole]  # stored values no longer needed
         if volume.ndim != 3:
             volume = None  # colour frames: slices are decoded one by one as usual
     if skip:
@@ -352,8 +353,12 @@ def save_series(
         for index in select_indices(len(frames), selection.count, selection.fractions):
             frame = frames[index]
             try:
-                decoded = None if volume is None else volume[index]
-                values, units, photometric, ds = decoder.decode(frame, decoded)
+                if volume is None:
+                    values, units, photometric, ds = decoder.decode(frame)
+                else:  # from the whole decode, header included
+                    values, units, photometric, ds = decoder.decode(
+                        frame, volume[index], whole[index][2]
+                    )
             except Exception as exc:  # noqa: BLE001
                 if not any(e["path"] == frame.path for e in errors):
                     errors.append(_undecodable(frame.path, exc))
@@ -382,7 +387,7 @@ def save_series(
             )
     if reformats and volume is not None:
         middle = len(frames) // 2  # units and window of the reslices come from here
-        _, units, photometric, ds = decoder.decode(frames[middle], volume[middle])
+        _, units, photometric, ds = decoder.decode(frames[middle], volume[middle], whole[middle][2])
         window = rendering.header_window(ds, frames[middle].frame)
         for plane in reformats:
             slices, spacing, positions = geometry.reformat_volume(
