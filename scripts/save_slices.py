@@ -3,6 +3,9 @@
 Frames are sorted along the slice normal; only the selected frames are decoded.
 Monochrome slices hold modality values (HU for CT) as float32; colour slices hold
 uint8 RGB. A frame that cannot be decoded becomes an ``undecodable_pixels`` row.
+With ``--volumes-format``, each stack with a regular grid is decoded whole, once: its
+volume goes to ``volumes/`` (see ``volumes.py``) and the saved slices come from it; a
+stack that is not written says why in a ``volume_skipped`` warning.
 """
 
 from __future__ import annotations
@@ -283,12 +286,15 @@ def write_stack_volume(
     """Write the volume of a stack decoded whole; returns its rows, or a reason to skip."""
     if values.ndim != 3:
         return [], f"decoded frames have {values.ndim - 1} dimensions, not 2 (colour?)"
-    first = decoded[0][2]
+    headers = [ds for _, _, ds in decoded]
+    first = headers[0]
     spacing = volumes.pixel_spacing(series.get("PixelSpacing"), first)
     if spacing is None:
         return [], "no PixelSpacing"
+    spacings = {tuple(volumes.pixel_spacing(ds.get("PixelSpacing"), ds) or ()) for ds in headers}
+    if len(spacings) > 1:
+        return [], f"PixelSpacing differs between slices ({len(spacings)} values)"
     grid = volumes.stack_grid([f.xyz for f in frames], series["ImageOrientationPatient"], spacing)
-    headers = [ds for _, _, ds in decoded]
     rescale = [
         rendering.rescale_parameters(ds, f.frame) for f, ds in zip(frames, headers, strict=True)
     ]

@@ -627,3 +627,46 @@ class TestEnhancedMultiframeVolume:
         assert affine[0, 0] == pytest.approx(4.8, abs=1e-3)
         assert theirs_affine[0, 0] == pytest.approx(4.0, abs=1e-3)
         np.testing.assert_allclose(affine[:, 1:], theirs_affine[:, 1:], atol=1e-3, rtol=0)
+
+
+class TestSkippedStacks:
+    """Six real CT slices made tilted (y moves with z, as with gantry tilt) and made
+    unevenly spaced: each stack is skipped with a warning saying why, never resampled."""
+
+    @pytest.fixture(scope="class")
+    def skipped(self, tmp_path_factory) -> dict:
+        root = tmp_path_factory.mktemp("skipped")
+        sources = sorted(demo.CT_SERIES.iterdir())[:6]
+        for folder, shift in (("tilted", (0, 1, 0)), ("uneven", (0, 0, 1))):
+            (root / "study" / folder).mkdir(parents=True)
+            slices = sorted(
+                (pydicom.dcmread(p) for p in sources),
+                key=lambda ds: float(ds.ImagePositionPatient[2]),
+            )
+            for n, ds in enumerate(slices):
+                step = np.tan(np.radians(10)) * 2.0 * n if folder == "tilted" else 0.7 * (n >= 3)
+                ds.ImagePositionPatient = [
+                    float(v) + step * s for v, s in zip(ds.ImagePositionPatient, shift, strict=True)
+                ]
+                ds.save_as(root / "study" / folder / f"{n}.dcm")
+        metadata = index_study(root / "study", root / "metadata")
+        out = run_batches(root / "study", metadata, root / "results", "--volumes-format", "nifti")
+        return {**out, "results": root / "results"}
+
+    def test_no_volume_is_written(self, skipped):
+        assert skipped["volumes"] == []
+        assert not (skipped["results"] / "volumes").exists()
+
+    def test_each_stack_has_a_warning_saying_why(self, skipped):
+        rows = sorted(
+            (e["path"], e["detail"].split(": ", 2)[2])
+            for e in skipped["errors"]
+            if e["reason"] == "volume_skipped" and e["severity"] == "warning"
+        )
+        assert rows == [
+            ("tilted/0.dcm", "gantry tilt or sheared grid (10.00 degrees off the slice normal)"),
+            ("uneven/0.dcm", "non-uniform slice spacing (gaps 2 to 2.7 mm)"),
+        ]
+
+    def test_slices_are_still_saved(self, skipped):
+        assert len(skipped["manifest"]) == 2 * 3
