@@ -582,21 +582,22 @@ class TestReadmeVolumeRecipes:
         assert list(found["shape"][0]) == [256, 256, 35]
 
 
+@pytest.fixture(scope="module")
+def enhanced(tmp_path_factory) -> dict:
+    from test_enhanced_multiframe import enhanced_mr
+
+    root = tmp_path_factory.mktemp("enhanced_volume")
+    (root / "study").mkdir()
+    enhanced_mr(root / "study" / "enhanced_mr.dcm")
+    metadata = index_study(root / "study", root / "metadata")
+    out = run_batches(root / "study", metadata, root / "results", "--volumes-format", "nifti")
+    (r,) = out["volumes"]
+    return {"root": root, "row": r, "image": nib.load(root / "results" / r["path"])}
+
+
 class TestEnhancedMultiframeVolume:
     """The demo head MR repackaged as one Enhanced MR object (frames shuffled, geometry and
     rescale in the functional groups) gives the demo MR's volume, shifted by its intercept."""
-
-    @pytest.fixture(scope="class")
-    def enhanced(self, tmp_path_factory) -> dict:
-        from test_enhanced_multiframe import enhanced_mr
-
-        root = tmp_path_factory.mktemp("enhanced_volume")
-        (root / "study").mkdir()
-        enhanced_mr(root / "study" / "enhanced_mr.dcm")
-        metadata = index_study(root / "study", root / "metadata")
-        out = run_batches(root / "study", metadata, root / "results", "--volumes-format", "nifti")
-        (r,) = out["volumes"]
-        return {"root": root, "row": r, "image": nib.load(root / "results" / r["path"])}
 
     def test_one_file_gives_the_stack_with_the_shared_rescale(self, enhanced, demo_volumes):
         from test_enhanced_multiframe import INTERCEPT
@@ -629,29 +630,30 @@ class TestEnhancedMultiframeVolume:
         np.testing.assert_allclose(affine[:, 1:], theirs_affine[:, 1:], atol=1e-3, rtol=0)
 
 
+@pytest.fixture(scope="module")
+def skipped(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("skipped")
+    sources = sorted(demo.CT_SERIES.iterdir())[:6]
+    for folder, shift in (("tilted", (0, 1, 0)), ("uneven", (0, 0, 1))):
+        (root / "study" / folder).mkdir(parents=True)
+        slices = sorted(
+            (pydicom.dcmread(p) for p in sources),
+            key=lambda ds: float(ds.ImagePositionPatient[2]),
+        )
+        for n, ds in enumerate(slices):
+            step = np.tan(np.radians(10)) * 2.0 * n if folder == "tilted" else 0.7 * (n >= 3)
+            ds.ImagePositionPatient = [
+                float(v) + step * s for v, s in zip(ds.ImagePositionPatient, shift, strict=True)
+            ]
+            ds.save_as(root / "study" / folder / f"{n}.dcm")
+    metadata = index_study(root / "study", root / "metadata")
+    out = run_batches(root / "study", metadata, root / "results", "--volumes-format", "nifti")
+    return {**out, "results": root / "results"}
+
+
 class TestSkippedStacks:
     """Six real CT slices made tilted (y moves with z, as with gantry tilt) and made
     unevenly spaced: each stack is skipped with a warning saying why, never resampled."""
-
-    @pytest.fixture(scope="class")
-    def skipped(self, tmp_path_factory) -> dict:
-        root = tmp_path_factory.mktemp("skipped")
-        sources = sorted(demo.CT_SERIES.iterdir())[:6]
-        for folder, shift in (("tilted", (0, 1, 0)), ("uneven", (0, 0, 1))):
-            (root / "study" / folder).mkdir(parents=True)
-            slices = sorted(
-                (pydicom.dcmread(p) for p in sources),
-                key=lambda ds: float(ds.ImagePositionPatient[2]),
-            )
-            for n, ds in enumerate(slices):
-                step = np.tan(np.radians(10)) * 2.0 * n if folder == "tilted" else 0.7 * (n >= 3)
-                ds.ImagePositionPatient = [
-                    float(v) + step * s for v, s in zip(ds.ImagePositionPatient, shift, strict=True)
-                ]
-                ds.save_as(root / "study" / folder / f"{n}.dcm")
-        metadata = index_study(root / "study", root / "metadata")
-        out = run_batches(root / "study", metadata, root / "results", "--volumes-format", "nifti")
-        return {**out, "results": root / "results"}
 
     def test_no_volume_is_written(self, skipped):
         assert skipped["volumes"] == []
