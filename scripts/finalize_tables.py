@@ -137,7 +137,7 @@ def remove_stale_work(results: Path, series_keys: set[str], batches: Iterable[in
                     path.unlink()
                     removed += 1
     batches = set(batches)
-    for stage in ("slices", "thumbnails", "sheets"):
+    for stage in ("slices", "thumbnails", "sheets", "volumes"):
         folder = results / "_work" / stage
         if not folder.is_dir():
             continue
@@ -149,6 +149,32 @@ def remove_stale_work(results: Path, series_keys: set[str], batches: Iterable[in
                 else:
                     path.unlink()
                 removed += 1
+    return removed
+
+
+def volumes_table(volume_parts: Sequence[str]) -> pa.Table:
+    """Every batch's volume rows, sorted by series and format (empty when volumes are off)."""
+    table = read_parts(volume_parts, table_schema.VOLUMES_SCHEMA)
+    if table.num_rows == 0:
+        return table
+    return table.sort_by([("series_key", "ascending"), ("format", "ascending")])
+
+
+def remove_unlisted_volumes(results: Path, volumes: pa.Table) -> list[str]:
+    """Delete files under ``volumes/`` that ``volumes`` does not list (volumes switched off,
+    series gone); returns their result-relative paths, sorted.
+    """
+    listed = set(volumes.column("path").to_pylist())
+    root = results / "volumes"
+    removed = []
+    if root.is_dir():
+        for path in sorted(root.iterdir()):
+            relative = path.relative_to(results).as_posix()
+            if path.is_file() and relative not in listed:
+                path.unlink()
+                removed.append(relative)
+        if not any(root.iterdir()):
+            root.rmdir()
     return removed
 
 
@@ -172,6 +198,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--ratings", nargs="*", default=[], help="ratings CSVs of the review page (later wins)"
     )
+    parser.add_argument("--volume-parts", nargs="*", default=[], help="every batch's volumes")
+    parser.add_argument("--volumes", help="volumes.parquet to write (and prune volumes/ with)")
     return parser.parse_args(argv)
 
 
@@ -214,7 +242,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             batches = set(series.column("batch").drop_null().to_pylist())
             stale = remove_stale_work(args.results, keys, batches)
             log.info("%d stale cache or work file(s) removed", stale)
+    if args.volumes:
+        write_volumes(args.volume_parts, args.volumes, args.results)
     return 0
+
+
+def write_volumes(volume_parts: Sequence[str], out: str, results: Path | None) -> None:
+    """Write volumes.parquet; with ``results``, remove volume files it does not list."""
+    volumes = volumes_table(volume_parts)
+    table_schema.write_table(volumes, out)
+    log.info("%d volume file(s)", volumes.num_rows)
+    if results is not None:
+        removed = remove_unlisted_volumes(results, volumes)
+        log.info("%d volume file(s) no longer produced were removed", len(removed))
 
 
 if __name__ == "__main__":

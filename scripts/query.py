@@ -1,4 +1,4 @@
-"""Query the metadata tables with DuckDB SQL: views instances, series, errors and slices.
+"""Query the metadata tables with DuckDB SQL: views instances, series, errors, slices, volumes.
 
     python scripts/query.py "SELECT Modality, count(*) FROM instances GROUP BY 1"
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import yaml
 
-TABLES = ("instances", "series", "errors", "slices")
+TABLES = ("instances", "series", "errors", "slices", "volumes")
 DEFAULT_CONFIG = Path("config/config.yaml")
 
 
@@ -54,7 +54,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("sql", help="DuckDB SQL over instances, series, errors, slices")
+    parser.add_argument("sql", help="DuckDB SQL over instances, series, errors, slices, volumes")
     parser.add_argument("--results", type=Path, default=None, help="results folder")
     parser.add_argument("--format", choices=("table", "csv", "parquet"), default="table")
     parser.add_argument("--out", type=Path, help="output file (required for parquet)")

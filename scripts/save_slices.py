@@ -3,6 +3,9 @@
 Frames are sorted along the slice normal; only the selected frames are decoded.
 Monochrome slices hold modality values (HU for CT) as float32; colour slices hold
 uint8 RGB. A frame that cannot be decoded becomes an ``undecodable_pixels`` row.
+With ``--volumes-format``, each stack with a regular grid is decoded whole, once: its
+volume goes to ``volumes/`` (see ``volumes.py``) and the saved slices come from it; a
+stack that is not written says why in a ``volume_skipped`` warning.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import geometry
 import rendering
 import series_cache
 import table_schema
+import volumes
 from merge_metadata import BATCH_INSTANCE_COLUMNS
 
 log = logging.getLogger("save_slices")
@@ -166,31 +170,49 @@ class FrameDecoder:
         self._path: str | None = None
         self._ds: Dataset | None = None
 
+    def _header(self, frame: Frame) -> Dataset:
+        if frame.path != self._path:
+            self._path, self._ds = frame.path, None
+            path = dicom_io.study_file(self.study, frame.path)
+            self._ds = fast_header.read_dataset_fast(path) or dicom_io.read_for_pixels(path)
+        return self._ds
+
     def decode(
-        self, frame: Frame, decoded: np.ndarray | None = None
+        self, frame: Frame, decoded: np.ndarray | None = None, header: Dataset | None = None
     ) -> tuple[np.ndarray, str, str, Dataset]:
         """Values, units, photometric and header of one frame; raises when undecodable.
 
-        ``decoded`` passes modality values already decoded (a resliced volume's frame),
-        so only the header is needed.
+        ``decoded`` passes modality values already decoded (a frame of a stack decoded
+        whole), so only the header is needed; ``header``, when given, is that header.
         """
         if frame.path in self.failed:
             raise self.failed[frame.path]
         try:
-            if frame.path != self._path:
-                self._path, self._ds = frame.path, None
-                path = dicom_io.study_file(self.study, frame.path)
-                self._ds = fast_header.read_dataset_fast(path) or dicom_io.read_for_pixels(path)
+            ds = header if header is not None else self._header(frame)
             if decoded is not None:
-                photometric = str(self._ds.get("PhotometricInterpretation", "")).strip()
-                return decoded, rendering.value_units(self._ds, frame.frame), photometric, self._ds
-            values, units, photometric = slice_values(
-                decode_frame(self._ds, frame), self._ds, frame.frame
-            )
+                photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+                return decoded, rendering.value_units(ds, frame.frame), photometric, ds
+            values, units, photometric = slice_values(decode_frame(ds, frame), ds, frame.frame)
         except Exception as exc:  # noqa: BLE001 - decoders raise many types
             self.failed[frame.path] = exc
             raise
-        return values, units, photometric, self._ds
+        return values, units, photometric, ds
+
+    def decode_stored(self, frame: Frame) -> tuple[np.ndarray, np.ndarray, Dataset]:
+        """Stored values, modality values and header of one frame; raises when undecodable.
+
+        For a stack decoded whole: the modality values are what :meth:`decode` gives.
+        """
+        if frame.path in self.failed:
+            raise self.failed[frame.path]
+        try:
+            ds = self._header(frame)
+            stored = decode_frame(ds, frame)
+            values = slice_values(stored, ds, frame.frame)[0]
+        except Exception as exc:  # noqa: BLE001 - decoders raise many types
+            self.failed[frame.path] = exc
+            raise
+        return stored, values, ds
 
 
 def _record(key, plane, index, n, npy, values, **facts) -> dict:
@@ -235,33 +257,114 @@ def planes_to_save(series: dict, selection: Selection) -> tuple[str, bool, list[
     return acquired, acquired in wanted or not reformats, reformats
 
 
-def save_series(
-    study: Path, results: Path, series: dict, instances: list[dict], selection: Selection
-) -> tuple[list[dict], list[dict]]:
-    """Save the selected slices of one series; returns manifest rows and error rows.
+def volume_plan(series: dict, frames: list[Frame], settings: volumes.VolumeSettings):
+    """``(write, reason)``: whether to write the stack's volume, else why not (or None).
 
-    Only the chosen frames are decoded, unless a reformatted plane is asked for, which
-    needs the whole stack.
+    ``(False, None)`` when no volume is wanted (volumes off, another modality, not a
+    stack); a reason makes a ``volume_skipped`` warning. PixelSpacing is checked once the
+    stack is decoded (enhanced objects keep it in the functional groups).
+    """
+    if not settings.wants(series.get("Modality")):
+        return False, None
+    if not volumes.is_candidate(series, len(frames), any(f.n_frames > 1 for f in frames)):
+        return False, None
+    positions = [f.xyz for f in frames] if all(f.xyz is not None for f in frames) else None
+    reason = volumes.grid_problem(
+        positions, series.get("ImageOrientationPatient"), series.get("PhotometricInterpretation")
+    )
+    return reason is None, reason
+
+
+def write_stack_volume(
+    results: Path,
+    series: dict,
+    frames: list[Frame],
+    decoded: list[tuple[np.ndarray, np.ndarray, Dataset]],
+    values: np.ndarray,
+    settings: volumes.VolumeSettings,
+) -> tuple[list[dict], str | None]:
+    """Write the volume of a stack decoded whole; returns its rows, or a reason to skip."""
+    if values.ndim != 3:
+        return [], f"decoded frames have {values.ndim - 1} dimensions, not 2 (colour?)"
+    headers = [ds for _, _, ds in decoded]
+    first = headers[0]
+    spacing = volumes.pixel_spacing(series.get("PixelSpacing"), first)
+    if spacing is None:
+        return [], "no PixelSpacing"
+    spacings = {tuple(volumes.pixel_spacing(ds.get("PixelSpacing"), ds) or ()) for ds in headers}
+    if len(spacings) > 1:
+        return [], f"PixelSpacing differs between slices ({len(spacings)} values)"
+    grid = volumes.stack_grid([f.xyz for f in frames], series["ImageOrientationPatient"], spacing)
+    rescale = [
+        rendering.rescale_parameters(ds, f.frame) for f, ds in zip(frames, headers, strict=True)
+    ]
+    facts = {
+        "value_units": rendering.value_units(first, frames[0].frame),
+        "n_source_files": len({f.path for f in frames}),
+        "n_frames": len(frames),
+    }
+    rows = volumes.write_volume(
+        results,
+        series["series_key"],
+        settings.formats,
+        [stored for stored, _, _ in decoded],
+        values,
+        rescale,
+        any(bool(ds.get("ModalityLUTSequence")) for ds in headers),
+        grid,
+        facts,
+    )
+    return rows, None
+
+
+def save_series(
+    study: Path,
+    results: Path,
+    series: dict,
+    instances: list[dict],
+    selection: Selection,
+    volume_settings: volumes.VolumeSettings = volumes.VOLUMES_OFF,
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """Save the selected slices (and the volume) of one series; returns manifest rows,
+    error rows and ``volumes.parquet`` rows.
+
+    Only the chosen frames are decoded, unless a reformatted plane or a volume is asked
+    for: then the whole stack is decoded once and the slices are taken from it.
     """
     orientation = series.get("ImageOrientationPatient")
     frames = stack_frames(instances, orientation)
     acquired, acquired_wanted, reformats = planes_to_save(series, selection)
     key = series["series_key"]
     decoder = FrameDecoder(study)
-    manifest, errors = [], []
-    volume = None
-    if reformats:
+    manifest, errors, volume_rows = [], [], []
+    write_volume, skip = volume_plan(series, frames, volume_settings)
+    volume, whole = None, []
+    if reformats or write_volume:
         try:
-            volume = np.stack([decoder.decode(f)[0] for f in frames])
+            whole = [decoder.decode_stored(f) for f in frames]
+            volume = np.stack([values for _, values, _ in whole])
         except Exception as exc:  # noqa: BLE001 - fall back to the acquired plane alone
             errors.append(_undecodable(next(iter(decoder.failed), frames[0].path), exc))
-            reformats, acquired_wanted = [], True
+            reformats, acquired_wanted, write_volume = [], True, False
+    if write_volume and volume is not None:
+        volume_rows, skip = write_stack_volume(
+            results, series, frames, whole, volume, volume_settings
+        )
+        whole = [(None, None, ds) for _, _, ds in whole]  # stored values no longer needed
+        if volume.ndim != 3:
+            volume = None  # colour frames: slices are decoded one by one as usual
+    if skip:
+        errors.append(volumes.skip_row(min(f.path for f in frames), key, skip))
     if acquired_wanted:
         for index in select_indices(len(frames), selection.count, selection.fractions):
             frame = frames[index]
             try:
-                decoded = None if volume is None else volume[index]
-                values, units, photometric, ds = decoder.decode(frame, decoded)
+                if volume is None:
+                    values, units, photometric, ds = decoder.decode(frame)
+                else:  # from the whole decode, header included
+                    values, units, photometric, ds = decoder.decode(
+                        frame, volume[index], whole[index][2]
+                    )
             except Exception as exc:  # noqa: BLE001
                 if not any(e["path"] == frame.path for e in errors):
                     errors.append(_undecodable(frame.path, exc))
@@ -290,7 +393,7 @@ def save_series(
             )
     if reformats and volume is not None:
         middle = len(frames) // 2  # units and window of the reslices come from here
-        _, units, photometric, ds = decoder.decode(frames[middle], volume[middle])
+        _, units, photometric, ds = decoder.decode(frames[middle], volume[middle], whole[middle][2])
         window = rendering.header_window(ds, frames[middle].frame)
         for plane in reformats:
             slices, spacing, positions = geometry.reformat_volume(
@@ -323,13 +426,21 @@ def save_series(
                         **voi_facts(ds, None),
                     )
                 )
-    return manifest, errors
+    return manifest, errors, volume_rows
 
 
 def save_batch(
-    study: Path, results: Path, instances_path, series_path, batch: int, selection: Selection
+    study: Path,
+    results: Path,
+    instances_path,
+    series_path,
+    batch: int,
+    selection: Selection,
+    volume_settings: volumes.VolumeSettings = volumes.VOLUMES_OFF,
 ):
-    """Save slices for every series of ``batch``; returns manifest and errors tables."""
+    """Save slices (and volumes) for every series of ``batch``; returns manifest, errors and
+    volumes tables.
+    """
     series = pq.read_table(series_path, filters=[("batch", "=", batch)]).to_pylist()
     keys = [s["series_key"] for s in series]
     rows = (
@@ -342,30 +453,36 @@ def save_batch(
     by_key: dict[str, list[dict]] = {}
     for row in rows:
         by_key.setdefault(row["series_key"], []).append(row)
-    manifest, errors = [], []
+    manifest, errors, volume_rows = [], [], []
     cache_dir = results / "_work" / "cache" / "save_slices"
     reused = 0
     for record in sorted(series, key=lambda s: s["series_key"]):
         key, inputs = record["series_key"], by_key.get(record["series_key"], [])
         sources = series_cache.stamps(dicom_io.study_file(study, r["path"]) for r in inputs)
         facts = {k: v for k, v in record.items() if k != "batch"}  # the batch may renumber
-        expected = series_cache.fingerprint(facts, inputs, sources, selection)
+        expected = series_cache.fingerprint(facts, inputs, sources, selection, volume_settings)
         hit = series_cache.load(cache_dir, key, expected)
-        arrays = series_cache.stamps(results / r["npy_path"] for r in hit["m"]) if hit else None
+        outputs = (
+            [r["npy_path"] for r in hit["m"]] + [r["path"] for r in hit.get("v", [])] if hit else []
+        )
+        arrays = series_cache.stamps(results / p for p in outputs) if hit else None
         if arrays is not None:  # every array still there (a series may have none)
-            m, e = hit["m"], hit["e"]
+            m, e, v = hit["m"], hit["e"], hit.get("v", [])
             reused += 1
         else:
-            m, e = save_series(study, results, record, inputs, selection)
-            series_cache.store(cache_dir, key, expected, {"m": m, "e": e})
+            m, e, v = save_series(study, results, record, inputs, selection, volume_settings)
+            series_cache.store(cache_dir, key, expected, {"m": m, "e": e, "v": v})
         keep = {Path(row["npy_path"]).name for row in m}
         table_schema.remove_stale(results / "slices" / key, keep, ".npy")
+        volumes.remove_stale(results, key, {row["path"] for row in v})
         manifest += m
         errors += e
+        volume_rows += v
     log.info("batch %d: %d series, %d unchanged since the last run", batch, len(series), reused)
     return (
         table_schema.table_from_rows(manifest, MANIFEST_SCHEMA),
         table_schema.table_from_rows(errors, table_schema.ERRORS_SCHEMA),
+        table_schema.table_from_rows(volume_rows, table_schema.VOLUMES_SCHEMA),
     )
 
 
@@ -387,8 +504,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=("acquired", *ANATOMICAL_PLANES),
         help="acquired plane and/or reformatted anatomical planes (volumes only)",
     )
+    parser.add_argument(
+        "--volumes-format",
+        nargs="*",
+        default=[],
+        choices=volumes.FORMATS,
+        help="write each volume as NIfTI and/or .npy under volumes/ (none: volumes off)",
+    )
+    parser.add_argument(
+        "--volumes-modality", nargs="*", default=[], help="only volumes of these modalities"
+    )
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--errors", required=True)
+    parser.add_argument(
+        "--volumes", help="this batch's volumes table (written, empty when volumes are off)"
+    )
     return parser.parse_args(argv)
 
 
@@ -396,18 +526,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Save one batch's slices and write its manifest and error rows."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    manifest, errors = save_batch(
+    manifest, errors, volume_table = save_batch(
         args.study,
         args.results,
         args.instances,
         args.series,
         args.batch,
         Selection(args.count, tuple(args.fractions), tuple(args.planes)),
+        volumes.VolumeSettings(
+            tuple(dict.fromkeys(args.volumes_format)), tuple(sorted(set(args.volumes_modality)))
+        ),
     )
     table_schema.write_table(manifest, args.manifest)
     table_schema.write_table(errors, args.errors)
+    if args.volumes:
+        table_schema.write_table(volume_table, args.volumes)
     log.info(
-        "batch %d: %d slices saved, %d undecodable", args.batch, manifest.num_rows, errors.num_rows
+        "batch %d: %d slices saved, %d volume file(s), %d error or warning rows",
+        args.batch,
+        manifest.num_rows,
+        volume_table.num_rows,
+        errors.num_rows,
     )
     return 0
 

@@ -282,6 +282,28 @@ QC_SCHEMA = pa.schema(
 rating 1–4 (exclude, poor, acceptable, excellent), artifact tags, note, who and when;
 null for series nobody rated."""
 
+VOLUMES_SCHEMA = pa.schema(
+    [
+        ("series_key", pa.string()),
+        ("format", pa.string()),
+        ("path", pa.string()),
+        ("shape", pa.list_(pa.int64())),
+        ("voxel_size_mm", pa.list_(pa.float64())),
+        ("affine", pa.list_(pa.float64())),
+        ("orientation", pa.string()),
+        ("dtype", pa.string()),
+        ("scl_slope", pa.float64()),
+        ("scl_inter", pa.float64()),
+        ("value_units", pa.string()),
+        ("n_source_files", pa.int64()),
+        ("n_frames", pa.int64()),
+    ]
+)
+"""``_work/volumes/batch_N.parquet`` and ``metadata/volumes.parquet``: one row per written
+volume file (``format`` nifti or npy). ``shape`` is (i, j, k) = (columns, rows, slices);
+``affine`` the 4 x 4 voxel-to-RAS+ matrix, row by row; ``orientation`` the axis codes
+(e.g. ``LPS``); ``dtype`` what the file stores, scaled by ``scl_slope``/``scl_inter``."""
+
 
 def read_parts(paths: Sequence[str], schema: pa.Schema) -> pa.Table:
     """Concatenate per-shard or per-batch tables with one schema (empty when there are none)."""

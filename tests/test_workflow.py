@@ -231,6 +231,9 @@ thumbnails:
   ct_window: [40, 400]
 sheets:
   tiles: 1
+volumes:
+  format: [nifti]
+  modalities: [CT]
 """
 
 
@@ -246,7 +249,7 @@ def linear_window(values, center, width, shape) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def configured_run(tmp_path_factory):
-    """A run on six real CT slices with the four settings above in the user's config file."""
+    """A run on six real CT slices with the settings above in the user's config file."""
     import shutil
 
     cwd = tmp_path_factory.mktemp("configured")
@@ -271,8 +274,20 @@ def configured_run(tmp_path_factory):
 
 @pytest.mark.slow
 class TestConfigReachesTheSteps:
-    """metadata.keywords, slices.fractions, thumbnails.ct_window and sheets.tiles, set in the
-    config, change what a run on six real CT slices writes."""
+    """metadata.keywords, slices.fractions, thumbnails.ct_window, sheets.tiles and volumes,
+    set in the config, change what a run on six real CT slices writes."""
+
+    def test_volumes_write_the_ct_stack_and_its_row(self, configured_run):
+        import nibabel as nib
+
+        _, results = configured_run
+        (row,) = pq.read_table(results / "metadata" / "volumes.parquet").to_pylist()
+        assert (row["format"], row["shape"], row["dtype"]) == ("nifti", [512, 512, 6], "int16")
+        assert row["path"] == f"volumes/{row['series_key']}.nii.gz"
+        assert nib.load(results / row["path"]).shape == (512, 512, N_CONFIGURED_CT)
+        assert sorted(p.name for p in (results / "volumes").iterdir()) == [
+            f"{row['series_key']}.nii.gz"
+        ]
 
     def test_extra_keywords_are_typed_columns_holding_the_header_values(self, configured_run):
         import pydicom

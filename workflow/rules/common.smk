@@ -109,6 +109,19 @@ def selection_args():
     return args
 
 
+def volume_args():
+    """--volumes-format and --volumes-modality options for save_slices (none: volumes off)."""
+    volumes = config["volumes"]
+    if not volumes["format"]:
+        return ""
+    args = "--volumes-format " + " ".join(volumes["format"])
+    if volumes["modalities"]:
+        args += " --volumes-modality " + " ".join(
+            f"'{m}'" for m in volumes["modalities"]
+        )
+    return args
+
+
 def ct_window_args():
     """--ct-window option when a CT window preset is configured."""
     window = config["thumbnails"]["ct_window"]
@@ -162,5 +175,6 @@ def final_outputs():
         res("metadata/series.parquet"),
         res("metadata/errors.parquet"),
         res("metadata/slices.parquet"),
+        res("metadata/volumes.parquet"),
         res("index.html"),
     ]

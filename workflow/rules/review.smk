@@ -8,11 +8,13 @@ rule finalize_tables:
         series=res("_work/series.parquet"),
         # reviewers' ratings (review.ratings): a new file or content reruns only this and the page
         ratings=ratings_input(),
+        volumes=batch_parts("_work/volumes/batch_{batch}.parquet"),
         script=script("finalize_tables"),
     output:
         slices=res("metadata/slices.parquet"),
         errors=res("metadata/errors.parquet"),
         series=res("metadata/series.parquet"),
+        volumes=res("metadata/volumes.parquet"),
     log:
         res("logs/finalize_tables.log"),
     benchmark:
@@ -26,7 +28,9 @@ rule finalize_tables:
         " --thumbnails {input.thumbnails:q} --error-parts {input.errors:q}"
         " --slices {output.slices:q} --errors {output.errors:q}"
         " --results {params.results:q} --sheets {input.sheets:q} --series {input.series:q}"
-        " --series-out {output.series:q} --ratings {input.ratings:q} > {log:q} 2>&1"
+        " --series-out {output.series:q} --ratings {input.ratings:q}"
+        " --volume-parts {input.volumes:q} --volumes {output.volumes:q}"
+        " > {log:q} 2>&1"
 
 
 rule build_review_page:

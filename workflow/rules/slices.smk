@@ -6,6 +6,8 @@ rule save_slices:
     output:
         manifest=res("_work/slices/batch_{batch}.parquet"),
         errors=res("_work/slices/batch_{batch}.errors.parquet"),
+        # always written (empty when volumes are off); the volumes are under volumes/
+        volumes=res("_work/volumes/batch_{batch}.parquet"),
     log:
         res("logs/save_slices/batch_{batch}.log"),
     benchmark:
@@ -18,8 +20,10 @@ rule save_slices:
         study=STUDY,
         results=results_root,
         selection=selection_args(),
+        volumes=volume_args(),
     shell:
         "python {input.script:q} --study {params.study:q} --results {params.results:q}"
         " --instances {input.instances:q} --series {input.series:q} --batch {wildcards.batch}"
-        " {params.selection} --manifest {output.manifest:q} --errors {output.errors:q}"
+        " {params.selection} {params.volumes} --manifest {output.manifest:q}"
+        " --errors {output.errors:q} --volumes {output.volumes:q}"
         " > {log:q} 2>&1"
