@@ -55,34 +55,12 @@ FREE_TEXT = (
     "ManufacturerModelName",
 )
 """Series columns shown as text; blanked when they repeat a patient identifier."""
-_PN_PARTS = ("Alphabetic", "Ideographic", "Phonetic")
 
 
 # ---------------------------------------------------------------- patient identifiers
 
 
-def _element_values(header: str, tag: str) -> list[str]:
-    """String values of one top-level element of a DICOM JSON header, without parsing it all."""
-    at = header.find(f'"{tag}"')
-    if at < 0:
-        return []
-    start = header.find("{", at)
-    if start < 0:
-        return []
-    try:
-        element, _ = json.JSONDecoder().raw_decode(header, start)
-    except ValueError:
-        return []
-    values = []
-    for value in element.get("Value") or []:
-        if isinstance(value, dict):
-            values.extend(str(value[p]) for p in _PN_PARTS if value.get(p))
-        elif value is not None:
-            values.append(str(value))
-    return values
-
-
-PATIENT_TAGS = {"PatientName": "00100010", "PatientID": "00100020", "PatientBirthDate": "00100030"}
+PATIENT_TAGS = privacy.PATIENT_TAGS
 """Free text that repeats one of these is not shown (:func:`privacy.blank_identifying`)."""
 OTHER_TAGS = {
     "StudyDate": "00080020",
@@ -125,7 +103,8 @@ def series_identifiers(instances_path: str) -> dict[str, dict[str, list[str]]]:
         for key, header in zip(wanted, headers, strict=True):
             values = {}
             for kind, tags in (("patient", PATIENT_TAGS), ("other", OTHER_TAGS)):
-                raw = [v for tag in tags.values() for v in _element_values(header or "", tag)]
+                text = header or ""
+                raw = [v for tag in tags.values() for v in privacy.json_element_values(text, tag)]
                 values[kind] = privacy.identifier_variants(raw)
             found[key] = values
     return found

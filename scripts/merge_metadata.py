@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import geometry
+import privacy
 import table_schema
 from sharding import bucket_count, short_hash, stable_bucket, write_if_changed
 from table_schema import read_parts
@@ -404,12 +405,15 @@ class _ShardStream:
 
 def write_instances(
     parts: Sequence[str], schema: pa.Schema, keys: dict[str, str], target: str
-) -> None:
+) -> dict[str, list[str]]:
     """Write instances.parquet in path order by a k-way merge of the path-sorted shards.
 
     Only a batch of rows per shard is in memory at a time, whatever the study's size;
-    series_key is filled in from ``keys`` (path → key).
+    series_key is filled in from ``keys`` (path → key). Returns each series' patient
+    identifiers (from its first instance's header) for the batch work lists, so that
+    the sheets step need not read a header to keep them out of titles.
     """
+    identifiers: dict[str, list[str]] = {}
     streams = [s for s in (_ShardStream(p) for p in parts) if s.batch is not None]
     heap = [(s.paths[0], i) for i, s in enumerate(streams)]
     heapq.heapify(heap)
@@ -426,6 +430,13 @@ def write_instances(
                 chunk = table.slice(0, OUTPUT_ROW_GROUP)
                 chunk_keys = pa.array([keys[p] for p in chunk.column("path").to_pylist()])
                 chunk = chunk.set_column(key_index, "series_key", chunk_keys.cast(pa.string()))
+                first = {}
+                for row, key in enumerate(chunk_keys.to_pylist()):
+                    if key not in identifiers and key not in first:
+                        first[key] = row
+                headers = chunk.column("header_json").take(list(first.values())).to_pylist()
+                for key, header in zip(first, headers, strict=True):
+                    identifiers[key] = privacy.json_patient_identifiers(header)
                 writer.write_table(chunk, row_group_size=OUTPUT_ROW_GROUP)
                 table = table.slice(chunk.num_rows)
             pending.extend(table.to_batches())
@@ -449,6 +460,7 @@ def write_instances(
                 pending_rows = flush(final=False)
         flush(final=True)
     os.replace(tmp, target)
+    return identifiers
 
 
 def parts_schema(instance_parts: Sequence[str], extra_keywords=()) -> pa.Schema:
@@ -508,12 +520,19 @@ def batch_tables(
     headers: dict[str, str],
     series: pa.Table,
     stamps: dict[str, str] | None = None,
+    identifiers: dict[str, list[str]] | None = None,
 ) -> dict[int, tuple[pa.Table, pa.Table]]:
     """Per batch: its series rows and the instance columns its slices need.
 
-    With ``stamps`` (path → file stamp) the instances get a ``file_stamp`` column.
+    With ``stamps`` (path → file stamp) the instances get a ``file_stamp`` column; with
+    ``identifiers`` (series key → patient identifiers) the series a
+    ``patient_identifiers`` column (work lists only, never a final table).
     """
     out = {}
+    if identifiers is not None:
+        keys = series.column("series_key").to_pylist()
+        column = pa.array([identifiers.get(k, []) for k in keys], pa.list_(pa.string()))
+        series = series.append_column("patient_identifiers", column)
     batches = sorted(set(series.column("batch").drop_null().to_pylist()))
     paths = light.column("path").to_pylist()
     header_column = pa.array([headers.get(p) for p in paths], pa.string())
@@ -538,6 +557,7 @@ def write_batches(
     series: pa.Table,
     folder: str,
     stamps: dict[str, str] | None = None,
+    identifiers: dict[str, list[str]] | None = None,
 ) -> list[int]:
     """Write each batch's work lists, rewriting only those whose content changed.
 
@@ -545,7 +565,7 @@ def write_batches(
     comes back gets new lists (and its jobs rerun) rather than an old list's time.
     """
     os.makedirs(folder, exist_ok=True)
-    tables = batch_tables(light, headers, series, stamps)
+    tables = batch_tables(light, headers, series, stamps, identifiers)
     for batch, (batch_series, batch_instances) in tables.items():
         for kind, table in (("series", batch_series), ("instances", batch_instances)):
             target = os.path.join(folder, f"batch_{batch}.{kind}.parquet")
@@ -582,12 +602,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     os.makedirs(os.path.dirname(os.path.abspath(args.instances)), exist_ok=True)
     schema = parts_schema(args.instance_parts, args.keyword)
-    write_instances(args.instance_parts, schema, keys, args.instances)
+    identifiers = write_instances(args.instance_parts, schema, keys, args.instances)
     table_schema.write_table(series, args.series)
     table_schema.write_table(errors, args.errors)
     if args.batch_dir:
         stamps = read_stamps(args.shard_lists) if args.shard_lists is not None else None
-        write_batches(light, headers, series, args.batch_dir, stamps)
+        write_batches(light, headers, series, args.batch_dir, stamps, identifiers)
     log.info(
         "%d instances in %d series/stacks; %d error rows",
         light.num_rows,

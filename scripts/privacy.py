@@ -290,6 +290,42 @@ SERIES_FREE_TEXT = (
 """Series columns shown as text on sheets and the review page."""
 
 
+PATIENT_TAGS = {"PatientName": "00100010", "PatientID": "00100020", "PatientBirthDate": "00100030"}
+"""Tags of :data:`PATIENT_KEYWORDS` as DICOM JSON keys."""
+_PN_PARTS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
+def json_element_values(header: str, tag: str) -> list[str]:
+    """String values of one top-level element of a DICOM JSON header, without parsing it all."""
+    import json
+
+    at = header.find(f'"{tag}"')
+    if at < 0:
+        return []
+    start = header.find("{", at)
+    if start < 0:
+        return []
+    try:
+        element, _ = json.JSONDecoder().raw_decode(header, start)
+    except ValueError:
+        return []
+    values = []
+    for value in element.get("Value") or []:
+        if isinstance(value, dict):
+            values.extend(str(value[p]) for p in _PN_PARTS if value.get(p))
+        elif value is not None:
+            values.append(str(value))
+    return values
+
+
+def json_patient_identifiers(header: str | None) -> list[str]:
+    """PatientName, PatientID and PatientBirthDate of a DICOM JSON header, with
+    :func:`identifier_variants`.
+    """
+    raw = [v for tag in PATIENT_TAGS.values() for v in json_element_values(header or "", tag)]
+    return identifier_variants(raw)
+
+
 def header_patient_identifiers(path: str | os.PathLike) -> list[str]:
     """PatientName, PatientID and PatientBirthDate of one DICOM file (with
     :func:`identifier_variants`), read without pixels; empty when it cannot be read.
@@ -307,12 +343,18 @@ def header_patient_identifiers(path: str | os.PathLike) -> list[str]:
 
 
 def series_without_identifying_text(series: list[dict], manifest, study) -> list[dict]:
-    """Series records whose :data:`SERIES_FREE_TEXT` repeating the patient's identifiers
-    (read from one saved slice's source file per series) is set to None.
+    """Series records whose :data:`SERIES_FREE_TEXT` repeating the patient's identifiers is
+    set to None, without their ``patient_identifiers``.
 
-    ``manifest`` is a batch's slice manifest table (``series_key``, ``source_path``);
-    without a ``study`` folder the records are returned unchanged.
+    The identifiers come from the record's ``patient_identifiers`` (the merge's batch work
+    lists carry them, from the first instance's header), else from one saved slice's source
+    file per series: ``manifest`` is a batch's slice manifest table (``series_key``,
+    ``source_path``). Without either the records are returned unchanged.
     """
+    carried = [s for s in series if s.get("patient_identifiers") is not None]
+    if carried and len(carried) == len(series):
+        return [_blanked(s, s.pop("patient_identifiers")) for s in (dict(r) for r in series)]
+    series = [{k: v for k, v in s.items() if k != "patient_identifiers"} for s in series]
     if study is None or not series:
         return series
     from dicom_io import study_file
@@ -327,7 +369,10 @@ def series_without_identifying_text(series: list[dict], manifest, study) -> list
         if not source or not any(record.get(c) for c in SERIES_FREE_TEXT):
             out.append(record)  # nothing to compare: no header read, no pydicom import
             continue
-        ids = header_patient_identifiers(study_file(Path(study), source))
-        blanked = {c: blank_identifying(record[c], ids) for c in SERIES_FREE_TEXT if c in record}
-        out.append({**record, **blanked})
+        out.append(_blanked(record, header_patient_identifiers(study_file(Path(study), source))))
     return out
+
+
+def _blanked(record: dict, identifiers: list[str]) -> dict:
+    texts = [c for c in SERIES_FREE_TEXT if c in record]
+    return {**record, **{c: blank_identifying(record[c], identifiers) for c in texts}}

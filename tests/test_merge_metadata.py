@@ -425,3 +425,23 @@ class TestPartsSchema:
         args = ["--study", str(demo.STUDY), "--out-dir", str(scan), "--files-per-shard", "4"]
         assert scan_study.main(args) == 0
         return sorted(scan.glob("shard_*.jsonl"))[0]
+
+
+def test_batch_work_lists_carry_each_series_patient_identifiers(tmp_path):
+    """The sheets step keeps them out of titles without reading a header itself."""
+    study = copy_files(MR_FILES[:3], tmp_path / "study" / "mr")
+    out = tmp_path / "out"
+    tables = run_metadata(study, out)
+    batch_dir = out / "batches"
+    args = ["--instance-parts", *map(str, sorted(out.glob("shard_*.i.parquet")))]
+    args += ["--error-parts", *map(str, sorted(out.glob("shard_*.e.parquet")))]
+    args += ["--instances", str(tmp_path / "i.parquet"), "--series", str(tmp_path / "s.parquet")]
+    args += ["--errors", str(tmp_path / "e.parquet"), "--batch-dir", str(batch_dir)]
+    assert merge_metadata.main(args) == 0
+    (part,) = sorted(batch_dir.glob("batch_*.series.parquet"))
+    (record,) = pq.read_table(part).to_pylist()
+    ds = pydicom.dcmread(MR_FILES[0], stop_before_pixels=True)
+    expected = {str(ds.PatientName), str(ds.PatientID), str(ds.PatientBirthDate)}
+    assert expected <= set(record["patient_identifiers"])
+    assert "patient_identifiers" not in pq.read_schema(tmp_path / "s.parquet").names
+    assert "patient_identifiers" not in tables["series"][0]

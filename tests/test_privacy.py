@@ -203,6 +203,23 @@ class TestSeriesWithoutIdentifyingText:
         assert out["SeriesDescription"] is None and out["StudyDescription"] is None
         assert out["Modality"] == "MR" and record["SeriesDescription"], "input left alone"
 
+    def test_identifiers_carried_by_the_work_list_need_no_header(self, tmp_path):
+        ds = pydicom.dcmread(demo.MR_OVERLAY, stop_before_pixels=True)
+        ids = privacy.identifier_variants([str(ds.PatientName), ds.PatientID])
+        record = {"series_key": "k", "SeriesDescription": ds.PatientID, "patient_identifiers": ids}
+        missing = self.manifest("k", "no/such/file.dcm")  # a header read would find nothing
+        (out,) = privacy.series_without_identifying_text([record], missing, tmp_path)
+        assert out == {"series_key": "k", "SeriesDescription": None}
+        kept = {**record, "SeriesDescription": "t1_fl2d_sag"}
+        (out,) = privacy.series_without_identifying_text([kept], missing, None)
+        assert out == {"series_key": "k", "SeriesDescription": "t1_fl2d_sag"}
+
+    def test_json_patient_identifiers_read_the_header_json(self):
+        ds = pydicom.dcmread(demo.MR_OVERLAY, stop_before_pixels=True)
+        found = privacy.json_patient_identifiers(ds.to_json())
+        assert {str(ds.PatientName), ds.PatientID} <= set(found)
+        assert privacy.json_patient_identifiers(None) == []
+
     def test_other_descriptions_are_kept_and_no_study_changes_nothing(self):
         record = {"series_key": "k", "SeriesDescription": "marked lesion<MPR Collection>"}
         source = demo.MR_OVERLAY.relative_to(demo.STUDY).as_posix()
