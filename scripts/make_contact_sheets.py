@@ -194,7 +194,8 @@ def draw_sheet(series: dict, tiles: list[tuple], target: Path) -> None:
     """Draw tiles ``(image, label)`` in a grid under the series title and save as PNG.
 
     The thumbnails are placed pixel for pixel (no resampling), labels and title are drawn
-    into the black bands, and imageio writes the PNG.
+    into the black bands, and imageio writes the PNG: greyscale when every tile is grey
+    (the same pixels, a third of the data to compress), RGB otherwise.
     """
     _, n_cols = grid_shape(len(tiles))
     grid, (cell_h, cell_w) = montage([image for image, _ in tiles], n_cols)
@@ -210,6 +211,8 @@ def draw_sheet(series: dict, tiles: list[tuple], target: Path) -> None:
         draw_text(
             canvas, label, LABEL_PT, LABEL_GREY, centre, TITLE_PX + row * cell_h + LABEL_BASELINE
         )
+    if all(image.ndim == 2 for image, _ in tiles):
+        canvas = np.ascontiguousarray(canvas[:, :, 0])  # grey tiles, neutral text: one channel
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp.png")
     iio.imwrite(tmp, canvas, extension=".png", compress_level=3)
