@@ -22,14 +22,60 @@ def jobs_run(stderr: str) -> Counter:
     return Counter(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):", stderr, flags=re.M))
 
 
+SMALL_BATCHES = "metadata:\n  series_per_batch: 4\n"
+"""Small batches, so the demo's 11 image series spread over 4 batches."""
+
+
 @pytest.fixture
 def finished(tmp_path):
-    """A finished run on a copy of the demo study; returns its working folder."""
+    """A finished run on a copy of the demo study; returns its working folder.
+
+    For the tests that change the study folder: each gets its own copy and run.
+    """
     shutil.copytree(demo.STUDY, tmp_path / "study")
-    # small batches, so the demo's 11 image series spread over 4 batches
-    (tmp_path / "small_batches.yaml").write_text("metadata:\n  series_per_batch: 4\n")
+    (tmp_path / "small_batches.yaml").write_text(SMALL_BATCHES)
     snakemake(tmp_path, *RUN)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def finished_once(tmp_path_factory):
+    """One finished run, for the tests that change only settings: ``(working folder, study)``.
+
+    The study folder lies outside the working folder and is never changed, so a copy of
+    the working folder (:func:`finished_settings`) run on it finds every file as the
+    first run recorded it (size, mtime, ctime and inode).
+    """
+    base = tmp_path_factory.mktemp("incremental")
+    study, cwd = base / "study", base / "run"
+    shutil.copytree(demo.STUDY, study)
+    cwd.mkdir()
+    (cwd / "small_batches.yaml").write_text(SMALL_BATCHES)
+    snakemake(cwd, *run_args(study))
+    return cwd, study
+
+
+@pytest.fixture
+def finished_settings(finished_once, tmp_path):
+    """A copy of :func:`finished_once`'s working folder (results, .snakemake and config file,
+    times kept): ``(working folder, arguments of a run like the first)``."""
+    cwd, study = finished_once
+    copy = tmp_path / "run"
+    shutil.copytree(cwd, copy, symlinks=True)
+    return copy, study
+
+
+def run_args(study, configfile: str = "small_batches.yaml") -> tuple[str, ...]:
+    """Arguments of a run on ``study`` (a path) with ``configfile``."""
+    return (
+        "--cores",
+        "2",
+        "--configfile",
+        str(configfile),
+        "--config",
+        f"study={study}",
+        "results=results",
+    )
 
 
 def add_series(study, name: str = "new_series") -> None:
@@ -79,8 +125,9 @@ def series_files(results, key: str) -> dict[str, bytes]:
 
 @pytest.mark.slow
 class TestReruns:
-    def test_unchanged_inputs_rerun_nothing(self, finished):
-        proc = snakemake(finished, *RUN)
+    def test_unchanged_inputs_rerun_nothing(self, finished_settings):
+        cwd, study = finished_settings
+        proc = snakemake(cwd, *run_args(study))
         assert jobs_run(proc.stderr) == Counter()
         assert "Nothing to be done" in proc.stderr
 
@@ -106,28 +153,28 @@ class TestReruns:
         redone = [(n, kept) for n, kept in counts if kept]  # first-run logs show 0 kept
         assert redone and all(kept == n - 1 for n, kept in redone)
 
-    def test_thumbnail_settings_rerender_without_reading_headers_or_pixels(self, finished):
+    def test_thumbnail_settings_rerender_without_reading_headers_or_pixels(self, finished_settings):
+        cwd, study = finished_settings
         config = (ROOT / "config" / "config.yaml").read_text().replace("size: 256", "size: 128")
         config = config.replace("series_per_batch: 32", "series_per_batch: 4")
-        (finished / "small.yaml").write_text(config)
-        args = ("--cores", "2", "--configfile", str(finished / "small.yaml"), "--config", *CONFIG)
-        ran = jobs_run(snakemake(finished, *args).stderr)
+        (cwd / "small.yaml").write_text(config)
+        ran = jobs_run(snakemake(cwd, *run_args(study, cwd / "small.yaml")).stderr)
         assert ran["extract_metadata"] == ran["merge_metadata"] == ran["save_slices"] == 0
-        batches = len(list((finished / "results" / "_work" / "batches").glob("*.series.parquet")))
+        batches = len(list((cwd / "results" / "_work" / "batches").glob("*.series.parquet")))
         assert batches == 3  # the demo's series hash into 3 of the 4 batches
         assert ran["render_thumbnails"] == ran["make_contact_sheets"] == batches
         assert ran["build_review_page"] == 1
 
-    def test_fewer_slices_leave_no_stale_arrays_or_thumbnails(self, finished):
+    def test_fewer_slices_leave_no_stale_arrays_or_thumbnails(self, finished_settings):
         import pyarrow.parquet as pq
 
+        cwd, study = finished_settings
         config = (ROOT / "config" / "config.yaml").read_text().replace("count: 9", "count: 3")
         config = config.replace("series_per_batch: 32", "series_per_batch: 4")
-        (finished / "three.yaml").write_text(config)
-        args = ("--cores", "2", "--configfile", str(finished / "three.yaml"), "--config", *CONFIG)
-        ran = jobs_run(snakemake(finished, *args).stderr)
+        (cwd / "three.yaml").write_text(config)
+        ran = jobs_run(snakemake(cwd, *run_args(study, cwd / "three.yaml")).stderr)
         assert ran["extract_metadata"] == ran["merge_metadata"] == 0
-        results = finished / "results"
+        results = cwd / "results"
         rows = pq.read_table(results / "metadata" / "slices.parquet").to_pylist()
         listed = {r["npy_path"] for r in rows} | {r["png_path"] for r in rows}
         on_disk = {

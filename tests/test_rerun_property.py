@@ -321,11 +321,12 @@ def random_plan(rng: random.Random, steps: int) -> list[tuple[str, ...]]:
     return [tuple(kinds[step::steps]) for step in range(steps)]
 
 
+@pytest.mark.slow  # five workflow runs: the quick subset runs none (README)
 def test_two_reruns_after_a_scrub_a_rename_a_removed_folder_and_new_settings_equal_fresh_runs(
     tmp_path,
 ):
-    """The quick version: the two failures seen by users, plus one of each other sort
-    (the unchanged rerun is left to the slow version and to test_incremental)."""
+    """The short version: the two failures seen by users, plus one of each other sort
+    (the unchanged rerun is left to the long version and to test_incremental)."""
     plan = [("pixels", "rename"), ("remove_folder", "setting")]
     check_reruns(tmp_path, 15, plan, QUICK, rerun_unchanged=False)
 
