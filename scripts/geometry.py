@@ -173,22 +173,38 @@ def frame_orientation(ds) -> list[float] | None:
     return orientation if is_valid_orientation(orientation) else None
 
 
-def pixel_spacing(ds) -> list[float] | None:
-    """Row and column spacing in mm: PixelSpacing, functional groups, ImagerPixelSpacing,
-    or ultrasound region deltas (cm, converted); None when the header gives none.
+def functional_group_spacings(ds) -> list:
+    """PixelSpacing of the shared, then the first per-frame, functional group (enhanced
+    objects); absent ones are left out.
     """
-    candidates = [ds.get("PixelSpacing")]
+    found = []
     for seq_name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        seq = ds.get(seq_name)
+        seq = ds.get(seq_name) if ds is not None else None
         if seq and "PixelMeasuresSequence" in seq[0]:
-            candidates.append(seq[0].PixelMeasuresSequence[0].get("PixelSpacing"))
-    candidates.append(ds.get("ImagerPixelSpacing"))
+            found.append(seq[0].PixelMeasuresSequence[0].get("PixelSpacing"))
+    return found
+
+
+def first_valid_spacing(candidates) -> list[float] | None:
+    """The first candidate that is two positive numbers, as floats; None when none is."""
     for value in candidates:
         try:
             if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
                 return [float(value[0]), float(value[1])]
         except (TypeError, ValueError):
             continue
+    return None
+
+
+def pixel_spacing(ds) -> list[float] | None:
+    """Row and column spacing in mm: PixelSpacing, functional groups, ImagerPixelSpacing,
+    or ultrasound region deltas (cm, converted); None when the header gives none.
+    """
+    found = first_valid_spacing(
+        [ds.get("PixelSpacing"), *functional_group_spacings(ds), ds.get("ImagerPixelSpacing")]
+    )
+    if found is not None:
+        return found
     for region in ds.get("SequenceOfUltrasoundRegions") or []:
         try:
             if (region.PhysicalUnitsXDirection, region.PhysicalUnitsYDirection) != (3, 3):

@@ -182,18 +182,7 @@ def pixel_spacing(spacing, ds=None) -> list[float] | None:
     ImagerPixelSpacing and ultrasound regions are not used: they do not measure the
     patient grid a volume needs.
     """
-    candidates = [spacing]
-    for name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        seq = ds.get(name) if ds is not None else None
-        if seq and "PixelMeasuresSequence" in seq[0]:
-            candidates.append(seq[0].PixelMeasuresSequence[0].get("PixelSpacing"))
-    for value in candidates:
-        try:
-            if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
-                return [float(value[0]), float(value[1])]
-        except (TypeError, ValueError):
-            continue
-    return None
+    return geometry.first_valid_spacing([spacing, *geometry.functional_group_spacings(ds)])
 
 
 def stack_grid(positions, orientation, pixel_spacing) -> Grid:
