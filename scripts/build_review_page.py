@@ -80,6 +80,16 @@ OTHER_TAGS = {
 (folder names often hold a date or an accession number)."""
 
 
+def _error_cells(row: dict, identifiers) -> list:
+    """An error row as the page shows it: path, severity, reason, detail, identifiers cut out."""
+    return [
+        privacy.redact_identifiers(row["path"], identifiers),
+        row["severity"],
+        row["reason"],
+        privacy.redact_identifiers(row.get("detail"), identifiers),
+    ]
+
+
 def series_identifiers(instances_path: str) -> dict[str, dict[str, list[str]]]:
     """Series key → identifying values of its first instance's header.
 
@@ -370,15 +380,7 @@ def review_data(
             "ne": len(rows),
             "er": reasons,
             "und": has_pixels and (key not in sheets or "undecodable_pixels" in reasons),
-            "e": [
-                [
-                    privacy.redact_identifiers(r["path"], ids),
-                    r["severity"],
-                    r["reason"],
-                    privacy.redact_identifiers(r.get("detail"), ids),
-                ]
-                for r in rows[:MAX_ERRORS_PER_SERIES]
-            ],
+            "e": [_error_cells(r, ids) for r in rows[:MAX_ERRORS_PER_SERIES]],
             "q": _qc(record),
         }
         out_series.append(entry)
@@ -400,12 +402,7 @@ def review_data(
             "warnings": dict(sorted(n_warnings.items())),
         },
         "unattributed": [
-            [
-                privacy.redact_identifiers(r["path"], near),
-                r["severity"],
-                r["reason"],
-                privacy.redact_identifiers(r.get("detail"), near),
-            ]
+            _error_cells(r, near)
             for r in unattributed[:MAX_UNATTRIBUTED_ERRORS]
             # a file that is no instance is redacted with what its folder's instances hold
             for near in [sorted(folder_ids.get(os.path.dirname(r["path"]), ()))]
