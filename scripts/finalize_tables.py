@@ -104,13 +104,16 @@ def listed_outputs(slices: pa.Table, sheet_parts: Sequence[str]) -> set[str]:
     return listed
 
 
-def remove_unlisted(results: Path, listed: set[str]) -> list[str]:
-    """Delete files under the output folders not in ``listed`` and folders left empty.
+def remove_unlisted(
+    results: Path, listed: set[str], folders: Sequence[str] = OUTPUT_FOLDERS, roots: bool = False
+) -> list[str]:
+    """Delete files under ``folders`` not in ``listed`` and folders left empty (the
+    ``folders`` themselves too when ``roots``).
 
     Returns the removed files' result-relative paths, sorted.
     """
     removed = []
-    for folder in OUTPUT_FOLDERS:
+    for folder in folders:
         root = results / folder
         for dirpath, _, filenames in os.walk(root, topdown=False):
             for name in filenames:
@@ -119,7 +122,7 @@ def remove_unlisted(results: Path, listed: set[str]) -> list[str]:
                 if relative not in listed:
                     path.unlink()
                     removed.append(relative)
-            if Path(dirpath) != root and not os.listdir(dirpath):
+            if (roots or Path(dirpath) != root) and not os.listdir(dirpath):
                 os.rmdir(dirpath)
     return sorted(removed)
 
@@ -164,18 +167,7 @@ def remove_unlisted_volumes(results: Path, volumes: pa.Table) -> list[str]:
     """Delete files under ``volumes/`` that ``volumes`` does not list (volumes switched off,
     series gone); returns their result-relative paths, sorted.
     """
-    listed = set(volumes.column("path").to_pylist())
-    root = results / "volumes"
-    removed = []
-    if root.is_dir():
-        for path in sorted(root.iterdir()):
-            relative = path.relative_to(results).as_posix()
-            if path.is_file() and relative not in listed:
-                path.unlink()
-                removed.append(relative)
-        if not any(root.iterdir()):
-            root.rmdir()
-    return removed
+    return remove_unlisted(results, set(volumes.column("path").to_pylist()), ("volumes",), True)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
