@@ -111,12 +111,10 @@ def series_identifiers(instances_path: str) -> dict[str, dict[str, list[str]]]:
             continue
         headers = batch.column(1).take(list(wanted.values())).to_pylist()
         for key, header in zip(wanted, headers, strict=True):
-            values = {}
-            for kind, tags in (("patient", PATIENT_TAGS), ("other", OTHER_TAGS)):
-                text = header or ""
-                raw = [v for tag in tags.values() for v in privacy.json_element_values(text, tag)]
-                values[kind] = privacy.identifier_variants(raw)
-            found[key] = values
+            found[key] = {
+                "patient": privacy.json_identifiers(header, PATIENT_TAGS),
+                "other": privacy.json_identifiers(header, OTHER_TAGS),
+            }
     return found
 
 

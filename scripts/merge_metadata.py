@@ -436,7 +436,7 @@ def write_instances(
                         first[key] = row
                 headers = chunk.column("header_json").take(list(first.values())).to_pylist()
                 for key, header in zip(first, headers, strict=True):
-                    identifiers[key] = privacy.json_patient_identifiers(header)
+                    identifiers[key] = privacy.json_identifiers(header)
                 writer.write_table(chunk, row_group_size=OUTPUT_ROW_GROUP)
                 table = table.slice(chunk.num_rows)
             pending.extend(table.to_batches())

@@ -318,11 +318,11 @@ def json_element_values(header: str, tag: str) -> list[str]:
     return values
 
 
-def json_patient_identifiers(header: str | None) -> list[str]:
-    """PatientName, PatientID and PatientBirthDate of a DICOM JSON header, with
-    :func:`identifier_variants`.
+def json_identifiers(header: str | None, tags: dict = PATIENT_TAGS) -> list[str]:
+    """Values of ``tags`` (keyword → JSON tag; by default PatientName, PatientID and
+    PatientBirthDate) in a DICOM JSON header, with :func:`identifier_variants`.
     """
-    raw = [v for tag in PATIENT_TAGS.values() for v in json_element_values(header or "", tag)]
+    raw = [v for tag in tags.values() for v in json_element_values(header or "", tag)]
     return identifier_variants(raw)
 
 

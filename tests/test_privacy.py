@@ -216,9 +216,9 @@ class TestSeriesWithoutIdentifyingText:
 
     def test_json_patient_identifiers_read_the_header_json(self):
         ds = pydicom.dcmread(demo.MR_OVERLAY, stop_before_pixels=True)
-        found = privacy.json_patient_identifiers(ds.to_json())
+        found = privacy.json_identifiers(ds.to_json())
         assert {str(ds.PatientName), ds.PatientID} <= set(found)
-        assert privacy.json_patient_identifiers(None) == []
+        assert privacy.json_identifiers(None) == []
 
     def test_other_descriptions_are_kept_and_no_study_changes_nothing(self):
         record = {"series_key": "k", "SeriesDescription": "marked lesion<MPR Collection>"}
