@@ -19,6 +19,12 @@ BULK_THRESHOLD = 1024
 
 _BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
 
+CSA_IMAGE_HEADER = 0x00291010
+"""Siemens CSA Image Header Info: kept whatever its size (up to :data:`CSA_LIMIT`), as it
+holds what a mosaic needs (NumberOfImagesInMosaic, SliceNormalVector) and the slice
+timing (MosaicRefAcqTimes) and diffusion facts researchers look for."""
+CSA_LIMIT = 64 * 1024
+
 
 def _vr_of(tag: int, vr: str | None) -> str:
     """The element's VR; implicit-VR raw elements carry none, so ask the dictionary."""
@@ -38,6 +44,8 @@ def _is_bulk(tag: int, vr: str | None, length: int) -> bool:
         and (tag & 0xFFFF) == 0x3000
     ):
         return True
+    if tag == CSA_IMAGE_HEADER and length <= CSA_LIMIT:
+        return False
     return _vr_of(tag, vr) in _BINARY_VRS and length > BULK_THRESHOLD
 
 

@@ -2,7 +2,10 @@
 
 Here instances are grouped into series and stacks (a series splits when modality,
 size, orientation, echo or time point differ), each stack gets its ``series_key``,
-geometry checks and the batch that later stages process it in.
+geometry checks and the batch that later stages process it in. An enhanced object
+holding several volumes is split by its dimensions (``multiframe.frame_keys``) and a
+Siemens mosaic into its slices: such an instance is one "frame group" row per volume,
+and the batch work lists say which frames (or mosaic tiles) each stack takes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import geometry
+import multiframe
 import privacy
 import table_schema
 from sharding import bucket_count, short_hash, stable_bucket, write_if_changed
@@ -121,7 +125,7 @@ def _first(value):
 
 
 def _stack_signature(row: dict, cluster: int | None) -> tuple:
-    """What must agree for instances to be one stack of a series."""
+    """What must agree for instances (or frame groups) to be one stack of a series."""
     return (
         str(row.get("Modality") or ""),
         bool(row["has_pixels"]),
@@ -130,7 +134,15 @@ def _stack_signature(row: dict, cluster: int | None) -> tuple:
         -1 if cluster is None else cluster,
         _first(row.get("EchoNumbers")) or 0,
         row.get("TemporalPositionIdentifier") or 0,
+        row.get("frame_key") or "",
     )
+
+
+def n_slices(row: dict) -> int:
+    """Slices a grouping row holds: its frame group, mosaic tiles or NumberOfFrames."""
+    if row.get("frames") is not None:
+        return len(row["frames"])
+    return int(row.get("mosaic_tiles") or row.get("NumberOfFrames") or 1)
 
 
 @dataclass
@@ -163,14 +175,46 @@ def group_stacks(rows: list[dict]) -> list[Stack]:
     return stacks
 
 
+def _order(row: dict) -> tuple:
+    """Order of repeated acquisitions: AcquisitionNumber, InstanceNumber, path, frames."""
+    frames = row.get("frames") or [0]
+    return (row.get("AcquisitionNumber") or 0, row.get("InstanceNumber") or 0, row["path"], frames)
+
+
+def _split_whole_volumes(rows: list[dict], members: list[int]) -> list[list[int]] | None:
+    """One stack per member when every member is a whole volume (a mosaic, or an
+    enhanced object or frame group) at the same positions as the others; else None.
+    """
+    if len(members) < 2 or any(n_slices(rows[i]) < 2 for i in members):
+        return None
+    first = None
+    for i in members:
+        positions = rows[i].get("frame_positions")
+        if positions is None or len(positions) != n_slices(rows[i]):
+            return None
+        points = np.round(np.asarray(positions, dtype=float), 2)
+        if not np.isfinite(points).all():
+            return None
+        key = sorted(map(tuple, points.tolist()))
+        if len(set(key)) != len(key) or (first is not None and key != first):
+            return None
+        first = key
+    return [[i] for i in sorted(members, key=lambda i: _order(rows[i]))]
+
+
 def split_repeated_positions(rows: list[dict], members: list[int]) -> list[list[int]]:
     """Split a stack whose every position holds the same number k > 1 of slices into k
     stacks (time points, b-values, phases), by AcquisitionNumber, InstanceNumber, path.
 
+    Members that each hold a whole volume at the same positions (mosaics of a
+    time series, one enhanced object per volume) become one stack each, in that order.
     A stack with some positions repeated and others not is left whole: its
     ``duplicate_positions`` count shows the fault.
     """
-    single = [i for i in members if (rows[i].get("NumberOfFrames") or 1) == 1]
+    volumes = _split_whole_volumes(rows, members)
+    if volumes is not None:
+        return volumes
+    single = [i for i in members if n_slices(rows[i]) == 1]
     iop = rows[members[0]].get("ImageOrientationPatient")
     if len(single) != len(members) or len(members) < 4 or not _valid_orientation(iop):
         return [members]
@@ -185,13 +229,9 @@ def split_repeated_positions(rows: list[dict], members: list[int]) -> list[list[
     if len(counts) != 1 or (k := counts.pop()) < 2 or len(at) < 2:
         return [members]
 
-    def order(i: int) -> tuple:
-        row = rows[i]
-        return (row.get("AcquisitionNumber") or 0, row.get("InstanceNumber") or 0, row["path"])
-
     parts: list[list[int]] = [[] for _ in range(k)]
     for z in sorted(at):
-        for j, i in enumerate(sorted(at[z], key=order)):
+        for j, i in enumerate(sorted(at[z], key=lambda i: _order(rows[i]))):
             parts[j].append(i)
     return [sorted(part) for part in parts]
 
@@ -205,11 +245,11 @@ def _positions(rows: list[dict], members: list[int]) -> np.ndarray | None:
     positions = []
     for i in members:
         row = rows[i]
-        if (row.get("NumberOfFrames") or 1) > 1:
+        if n_slices(row) > 1 or row.get("mosaic_tiles"):
             frames = row.get("frame_positions")
-            if frames is None or len(frames) != row["NumberOfFrames"]:
+            if frames is None or len(frames) != n_slices(row):
                 return None
-            positions.extend(frames.tolist())
+            positions.extend(np.asarray(frames, dtype=float).tolist())
         else:
             ipp = row.get("ImagePositionPatient")
             if ipp is None or len(ipp) != 3:
@@ -223,6 +263,11 @@ def _orientation_of(rows: list[dict], members: list[int]) -> list[float] | None:
     return list(iop) if _valid_orientation(iop) else None
 
 
+def _one_per_file(rows: list[dict], members: list[int]) -> list[int]:
+    """``members`` with one row per file (frame groups of one object count once)."""
+    return list({rows[i]["path"]: i for i in members}.values())
+
+
 def stack_record(rows: list[dict], stack: Stack, single_orientation: bool | None) -> dict:
     """One series.parquet row (without key and batch) with geometry checks."""
     members = stack.rows
@@ -231,9 +276,9 @@ def stack_record(rows: list[dict], stack: Stack, single_orientation: bool | None
         "StudyInstanceUID": first.get("StudyInstanceUID"),
         "SeriesInstanceUID": first.get("SeriesInstanceUID"),
         "grouped_by": stack.grouped_by,
-        "n_instances": len(members),
-        "n_frames": int(sum(rows[i].get("NumberOfFrames") or 1 for i in members)),
-        "total_file_size": int(sum(rows[i]["file_size"] for i in members)),
+        "n_instances": len(_one_per_file(rows, members)),
+        "n_frames": int(sum(n_slices(rows[i]) for i in members)),
+        "total_file_size": int(sum(rows[i]["file_size"] for i in _one_per_file(rows, members))),
         "has_pixels": bool(first["has_pixels"]),
         "single_orientation": single_orientation,
     }
@@ -278,7 +323,7 @@ def stack_record(rows: list[dict], stack: Stack, single_orientation: bool | None
 
 
 def build_series(rows: list[dict], series_per_batch: int) -> tuple[list[dict], list[str]]:
-    """Series records and the series_key of every instance row (same order as ``rows``)."""
+    """Series records and the series_key of every grouping row (same order as ``rows``)."""
     stacks = group_stacks(rows)
     per_series: dict[str, list[Stack]] = {}
     for stack in stacks:
@@ -318,8 +363,19 @@ BATCH_INSTANCE_COLUMNS = [
     "ImagePositionPatient",
     "ImageOrientationPatient",
     "header_json",
+    "frames",
+    "frame_positions",
+    "mosaic_tiles",
 ]
-"""Instance columns the per-batch stages need (header_json only for multi-frame rows)."""
+"""Instance columns the per-batch stages need (header_json only for multi-frame rows).
+The last three say which slices a stack takes from a multi-frame or mosaic instance:
+its frames (null: all), their positions, and the mosaic's tile count."""
+
+FRAME_GROUP_FIELDS = [
+    pa.field("frames", pa.list_(pa.int32())),
+    pa.field("frame_positions", pa.list_(pa.list_(pa.float64()))),
+    pa.field("mosaic_tiles", pa.int32()),
+]
 
 
 OUTPUT_ROW_GROUP = 1024
@@ -336,11 +392,20 @@ def read_light(parts: Sequence[str], schema: pa.Schema) -> pa.Table:
 
 
 def multi_frame_headers(parts: Sequence[str], schema: pa.Schema) -> dict[str, str]:
-    """header_json of multi-frame instances (their per-frame geometry lives there), by path."""
+    """header_json of multi-frame and mosaic instances (their per-frame geometry lives
+    there), by path.
+    """
     headers: dict[str, str] = {}
     for part in parts:
-        frames = pq.read_table(part, columns=["path", "NumberOfFrames"], schema=schema)
+        frames = pq.read_table(part, columns=["path", "NumberOfFrames", "ImageType"], schema=schema)
         multi = pc.greater(pc.fill_null(frames.column("NumberOfFrames"), 1), 1)
+        image_type = pc.list_flatten(frames.column("ImageType"))
+        if pc.any(pc.equal(pc.utf8_upper(image_type), "MOSAIC")).as_py():
+            mosaic = [
+                "MOSAIC" in [str(v).upper() for v in t or ()]
+                for t in frames.column("ImageType").to_pylist()
+            ]
+            multi = pc.or_(multi, pa.array(mosaic))
         if not pc.any(multi).as_py():
             continue
         table = pq.read_table(part, columns=["path", "header_json"], schema=schema).filter(multi)
@@ -349,34 +414,80 @@ def multi_frame_headers(parts: Sequence[str], schema: pa.Schema) -> dict[str, st
 
 
 def grouping_rows(light: pa.Table, headers: dict[str, str]) -> list[dict]:
-    """Instance rows for grouping, as dicts.
+    """Rows for grouping, as dicts, in path order: one per instance, or one per frame
+    group of an instance holding several volumes. ``_row`` is the instance's index.
 
     Multi-frame rows get their per-frame positions (``frame_positions``), and their
     orientation and pixel spacing from the functional groups when the top level has
     none (enhanced CT/MR); the instances table itself keeps the header as it is.
     """
     rows = light.to_pylist()
+    for i, row in enumerate(rows):
+        row["_row"] = i
     if not headers:
         return rows  # pydicom (about 0.4 s to import) only for multi-frame geometry
     from pydicom.dataset import Dataset
 
     import dicom_io  # noqa: F401 - sets quiet pydicom reading options
 
+    out = []
     for row in rows:
         header = headers.get(row["path"])
         if header is None:
+            out.append(row)
             continue
         row["header_json"] = header
         try:
             ds = Dataset.from_json(header)
-            row["frame_positions"] = geometry.frame_positions(ds)
-            if row.get("ImageOrientationPatient") is None:
-                row["ImageOrientationPatient"] = geometry.frame_orientation(ds)
-            if row.get("PixelSpacing") is None:
-                row["PixelSpacing"] = geometry.pixel_spacing(ds)
         except Exception:  # noqa: BLE001 - unusable geometry means unknown positions
             row["frame_positions"] = None
-    return rows
+            out.append(row)
+            continue
+        out.extend(frame_group_rows(row, ds))
+    return out
+
+
+def frame_group_rows(row: dict, ds) -> list[dict]:
+    """The grouping rows of one multi-frame or mosaic instance (see :func:`grouping_rows`).
+
+    A mosaic is one row of ``mosaic_tiles`` slices with tile-sized Rows and Columns; an
+    enhanced object with several volumes one row per frame group (``frames``, its
+    ``frame_key``); anything else stays one row.
+    """
+    try:
+        row["frame_positions"] = geometry.frame_positions(ds)
+        if row.get("ImageOrientationPatient") is None:
+            row["ImageOrientationPatient"] = geometry.frame_orientation(ds)
+        if row.get("PixelSpacing") is None:
+            row["PixelSpacing"] = geometry.pixel_spacing(ds)
+        mosaic = multiframe.mosaic_layout(ds) if (row.get("NumberOfFrames") or 1) == 1 else None
+        keys = multiframe.frame_keys(ds) if mosaic is None else None
+    except Exception:  # noqa: BLE001 - unusable geometry means unknown positions
+        row["frame_positions"] = None
+        return [row]
+    if mosaic is not None:
+        finite = bool(np.isfinite(mosaic.positions).all())
+        row.update(
+            mosaic_tiles=mosaic.n_tiles,
+            Rows=mosaic.tile_rows,
+            Columns=mosaic.tile_columns,
+            frame_positions=mosaic.positions if finite else None,
+        )
+        return [row]
+    groups = multiframe.group_frames(keys) if keys and len(keys) == n_slices(row) else []
+    if len(groups) < 2 or max(len(frames) for _, frames in groups) < 2:
+        return [row]  # one volume, or one frame per key (a single-slice cine): one stack
+    positions = row["frame_positions"]
+    out = []
+    for key, frames in groups:
+        part = dict(row)
+        part.update(
+            frames=frames,
+            frame_key=multiframe.key_text(key),
+            frame_positions=None if positions is None else positions[frames],
+        )
+        out.append(part)
+    return out
 
 
 SHARD_STREAM_BATCH = 128
@@ -477,23 +588,31 @@ def parts_schema(instance_parts: Sequence[str], extra_keywords=()) -> pa.Schema:
 
 
 def merge_tables(instance_parts, error_parts, extra_keywords=(), series_per_batch: int = 8):
-    """Group instances into series: ``(light instances, series, errors, keys by path)``.
+    """Group instances into series: ``(light instances, grouping rows, series, errors,
+    keys by path)``.
 
     ``light instances`` has every column but header_json (multi-frame headers are in the
-    rows used for geometry); the full table is written by :func:`write_instances`.
+    grouping rows); the full table is written by :func:`write_instances`.
     """
     schema = parts_schema(instance_parts, extra_keywords)
     light = read_light(instance_parts, schema)
     headers = multi_frame_headers(instance_parts, schema)
     rows = grouping_rows(light, headers)
     records, keys = build_series(rows, series_per_batch)
+    instance_keys: list[str | None] = [None] * light.num_rows
+    for row, key in zip(rows, keys, strict=True):
+        row["series_key"] = key
+        if instance_keys[row["_row"]] is None:  # an object split in volumes: the first's
+            instance_keys[row["_row"]] = key
     light = light.set_column(
-        light.schema.get_field_index("series_key"), "series_key", pa.array(keys, pa.string())
+        light.schema.get_field_index("series_key"),
+        "series_key",
+        pa.array(instance_keys, pa.string()),
     )
     errors = table_schema.sorted_errors(read_parts(error_parts, table_schema.ERRORS_SCHEMA))
     series = table_schema.table_from_rows(records, SERIES_SCHEMA)
-    key_by_path = dict(zip(light.column("path").to_pylist(), keys, strict=True))
-    return light, headers, series, errors, key_by_path
+    key_by_path = dict(zip(light.column("path").to_pylist(), instance_keys, strict=True))
+    return light, rows, series, errors, key_by_path
 
 
 def read_stamps(shard_lists: Sequence[str]) -> dict[str, str]:
@@ -515,14 +634,25 @@ def read_stamps(shard_lists: Sequence[str]) -> dict[str, str]:
     return stamps
 
 
+def _frame_group_column(rows: list[dict], field: pa.Field) -> pa.Array:
+    values = []
+    for row in rows:
+        value = row.get(field.name)
+        if field.name == "frame_positions" and (n_slices(row) == 1 and not row.get("mosaic_tiles")):
+            value = None  # single frames: ImagePositionPatient says it
+        values.append(np.asarray(value).tolist() if isinstance(value, np.ndarray) else value)
+    return pa.array(values, field.type)
+
+
 def batch_tables(
     light: pa.Table,
-    headers: dict[str, str],
+    rows: list[dict],
     series: pa.Table,
     stamps: dict[str, str] | None = None,
     identifiers: dict[str, list[str]] | None = None,
 ) -> dict[int, tuple[pa.Table, pa.Table]]:
-    """Per batch: its series rows and the instance columns its slices need.
+    """Per batch: its series rows and the instance columns its slices need, one row per
+    grouping row (``rows``, each with its ``series_key``).
 
     With ``stamps`` (path → file stamp) the instances get a ``file_stamp`` column; with
     ``identifiers`` (series key → patient identifiers) the series a
@@ -534,9 +664,17 @@ def batch_tables(
         column = pa.array([identifiers.get(k, []) for k in keys], pa.list_(pa.string()))
         series = series.append_column("patient_identifiers", column)
     batches = sorted(set(series.column("batch").drop_null().to_pylist()))
-    paths = light.column("path").to_pylist()
-    header_column = pa.array([headers.get(p) for p in paths], pa.string())
-    columns = light.select(BATCH_INSTANCE_COLUMNS[:-1]).append_column("header_json", header_column)
+    columns = light.take(pa.array([row["_row"] for row in rows], pa.int64()))
+    columns = columns.set_column(
+        columns.schema.get_field_index("series_key"),
+        "series_key",
+        pa.array([row["series_key"] for row in rows], pa.string()),
+    )
+    paths = columns.column("path").to_pylist()
+    header_column = pa.array([row.get("header_json") for row in rows], pa.string())
+    columns = columns.select(BATCH_INSTANCE_COLUMNS[:6]).append_column("header_json", header_column)
+    for group_field in FRAME_GROUP_FIELDS:
+        columns = columns.append_column(group_field, _frame_group_column(rows, group_field))
     if stamps is not None:
         stamp_column = pa.array([stamps.get(p) for p in paths], pa.string())
         columns = columns.append_column("file_stamp", stamp_column)
@@ -553,7 +691,7 @@ BATCH_FILE = re.compile(r"batch_(\d+)\.(?:series|instances)\.parquet(?:\.tmp)?")
 
 def write_batches(
     light: pa.Table,
-    headers: dict[str, str],
+    rows: list[dict],
     series: pa.Table,
     folder: str,
     stamps: dict[str, str] | None = None,
@@ -565,7 +703,7 @@ def write_batches(
     comes back gets new lists (and its jobs rerun) rather than an old list's time.
     """
     os.makedirs(folder, exist_ok=True)
-    tables = batch_tables(light, headers, series, stamps, identifiers)
+    tables = batch_tables(light, rows, series, stamps, identifiers)
     for batch, (batch_series, batch_instances) in tables.items():
         for kind, table in (("series", batch_series), ("instances", batch_instances)):
             target = os.path.join(folder, f"batch_{batch}.{kind}.parquet")
@@ -597,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Merge the shard tables and write the metadata tables (and batch work lists)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    light, headers, series, errors, keys = merge_tables(
+    light, rows, series, errors, keys = merge_tables(
         args.instance_parts, args.error_parts, args.keyword, args.series_per_batch
     )
     os.makedirs(os.path.dirname(os.path.abspath(args.instances)), exist_ok=True)
@@ -607,7 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table_schema.write_table(errors, args.errors)
     if args.batch_dir:
         stamps = read_stamps(args.shard_lists) if args.shard_lists is not None else None
-        write_batches(light, headers, series, args.batch_dir, stamps, identifiers)
+        write_batches(light, rows, series, args.batch_dir, stamps, identifiers)
     log.info(
         "%d instances in %d series/stacks; %d error rows",
         light.num_rows,

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset
 import dicom_io
 import fast_header
 import geometry
+import multiframe
 import rendering
 import series_cache
 import table_schema
@@ -50,43 +51,74 @@ class Frame:
     position: float | None
     instance_number: int | None
     xyz: tuple[float, float, float] | None = None
+    tile: int | None = None
+    """Slice of a Siemens mosaic (``n_tiles`` of them in the image), else None."""
+    n_tiles: int | None = None
+
+
+def _row_positions(row: dict, slices: list[tuple[int, int | None]]) -> np.ndarray | None:
+    """Positions of a work-list row's slices, (len(slices), 3), or None when unknown."""
+    if row.get("frame_positions") is not None:
+        per_frame = np.asarray(row["frame_positions"], dtype=float)
+    elif int(row.get("NumberOfFrames") or 1) > 1 and row.get("header_json"):
+        try:  # instances.parquet rather than a work list: the header has them
+            per_frame = geometry.frame_positions(Dataset.from_json(row["header_json"]))
+        except Exception:  # noqa: BLE001 - unusable geometry: fall back to order
+            return None
+        if per_frame is not None and row.get("frames") is not None:
+            per_frame = per_frame[row["frames"]]
+    elif len(row.get("ImagePositionPatient") or ()) == 3 and not row.get("mosaic_tiles"):
+        per_frame = np.asarray([row["ImagePositionPatient"]], dtype=float)
+    else:
+        return None
+    if per_frame is None or per_frame.shape != (len(slices), 3):
+        return None
+    return per_frame if np.isfinite(per_frame).all() else None
+
+
+def _row_slices(row: dict) -> list[tuple[int, int | None]]:
+    """``(frame, tile)`` of each slice a work-list row gives its stack."""
+    if row.get("mosaic_tiles"):
+        return [(0, t) for t in range(int(row["mosaic_tiles"]))]
+    n_frames = int(row.get("NumberOfFrames") or 1)
+    frames = row.get("frames")
+    return [(int(f), None) for f in (range(n_frames) if frames is None else frames)]
 
 
 def stack_frames(instances: list[dict], orientation) -> list[Frame]:
-    """All frames of a stack in patient order along the normal.
+    """All frames (or mosaic tiles) of a stack in patient order along the normal.
 
     Falls back to InstanceNumber, then path and frame, when positions are unknown.
     """
     frames: list[Frame] = []
     positions: list | None = [] if orientation is not None else None
-    for row in sorted(instances, key=lambda r: r["path"]):
+    for row in sorted(instances, key=lambda r: (r["path"], r.get("frames") or [])):
         n_frames = int(row.get("NumberOfFrames") or 1)
-        per_frame = None
+        slices = _row_slices(row)
         if positions is not None:
-            if n_frames > 1:
-                try:
-                    per_frame = geometry.frame_positions(Dataset.from_json(row["header_json"]))
-                except Exception:  # noqa: BLE001 - unusable geometry: fall back to order
-                    per_frame = None
-            elif len(row.get("ImagePositionPatient") or ()) == 3:
-                per_frame = np.asarray([row["ImagePositionPatient"]], dtype=float)
-            if per_frame is None or len(per_frame) != n_frames:
-                positions = None
-            else:
-                positions.extend(per_frame.tolist())
-        for f in range(n_frames):
-            frames.append(Frame(row["path"], f, n_frames, None, row.get("InstanceNumber")))
-    if positions is not None and len(positions) == len(frames):
+            per_frame = _row_positions(row, slices)
+            positions = None if per_frame is None else positions + per_frame.tolist()
+        n_tiles = row.get("mosaic_tiles")
+        for f, tile in slices:
+            number = row.get("InstanceNumber")
+            frames.append(Frame(row["path"], f, n_frames, None, number, None, tile, n_tiles))
+    if frames and positions is not None and len(positions) == len(frames):
         projected = geometry.project_positions(positions, orientation)
         frames = [
-            Frame(fr.path, fr.frame, fr.n_frames, round(float(z), 4), fr.instance_number, tuple(p))
+            replace(fr, position=round(float(z), 4), xyz=tuple(p))
             for fr, z, p in zip(frames, projected, positions, strict=True)
         ]
         order = np.argsort(projected, kind="stable")
         return [frames[i] for i in order]
     return sorted(
         frames,
-        key=lambda fr: (fr.instance_number is None, fr.instance_number or 0, fr.path, fr.frame),
+        key=lambda fr: (
+            fr.instance_number is None,
+            fr.instance_number or 0,
+            fr.path,
+            fr.frame,
+            fr.tile or 0,
+        ),
     )
 
 
@@ -117,7 +149,9 @@ def select_indices(n: int, count: int, fractions: Sequence[float] = ()) -> list[
 
 
 def decode_frame(ds: Dataset, frame: Frame) -> np.ndarray:
-    """Decode only one frame of an instance read with :func:`dicom_io.read_for_pixels`."""
+    """Decode only one frame of an instance read with :func:`dicom_io.read_for_pixels`
+    (for a mosaic tile, the whole image: see :func:`frame_pixels`).
+    """
     from pydicom.pixels import pixel_array
 
     index = frame.frame if frame.n_frames > 1 else None
@@ -125,6 +159,13 @@ def decode_frame(ds: Dataset, frame: Frame) -> np.ndarray:
     if index is not None and arr.ndim >= 3 and arr.shape[0] == frame.n_frames:
         arr = arr[frame.frame]  # some decoders return every frame regardless of index
     return arr
+
+
+def frame_pixels(image: np.ndarray, frame: Frame) -> np.ndarray:
+    """The frame's slice of a decoded image: the image, or its mosaic tile."""
+    if frame.tile is None:
+        return image
+    return multiframe.cut_tile(image, int(frame.n_tiles), frame.tile)
 
 
 def slice_values(arr: np.ndarray, ds: Dataset, frame: int) -> tuple[np.ndarray, str, str]:
@@ -169,13 +210,25 @@ class FrameDecoder:
         self.failed: dict[str, BaseException] = {}
         self._path: str | None = None
         self._ds: Dataset | None = None
+        self._mosaic: np.ndarray | None = None
 
     def _header(self, frame: Frame) -> Dataset:
         if frame.path != self._path:
-            self._path, self._ds = frame.path, None
+            self._path, self._ds, self._mosaic = frame.path, None, None
             path = dicom_io.study_file(self.study, frame.path)
             self._ds = fast_header.read_dataset_fast(path) or dicom_io.read_for_pixels(path)
         return self._ds
+
+    def _stored(self, frame: Frame) -> tuple[np.ndarray, Dataset]:
+        """Stored values of one frame and its header; a mosaic is decoded once for all
+        its tiles.
+        """
+        ds = self._header(frame)
+        if frame.tile is None:
+            return decode_frame(ds, frame), ds
+        if self._mosaic is None:
+            self._mosaic = decode_frame(ds, frame)
+        return frame_pixels(self._mosaic, frame), ds
 
     def decode(
         self, frame: Frame, decoded: np.ndarray | None = None, header: Dataset | None = None
@@ -192,7 +245,8 @@ class FrameDecoder:
             if decoded is not None:
                 photometric = str(ds.get("PhotometricInterpretation", "")).strip()
                 return decoded, rendering.value_units(ds, frame.frame), photometric, ds
-            values, units, photometric = slice_values(decode_frame(ds, frame), ds, frame.frame)
+            stored, ds = self._stored(frame)
+            values, units, photometric = slice_values(stored, ds, frame.frame)
         except Exception as exc:  # noqa: BLE001 - decoders raise many types
             self.failed[frame.path] = exc
             raise
@@ -206,8 +260,7 @@ class FrameDecoder:
         if frame.path in self.failed:
             raise self.failed[frame.path]
         try:
-            ds = self._header(frame)
-            stored = decode_frame(ds, frame)
+            stored, ds = self._stored(frame)
             values = slice_values(stored, ds, frame.frame)[0]
         except Exception as exc:  # noqa: BLE001 - decoders raise many types
             self.failed[frame.path] = exc
@@ -429,6 +482,16 @@ def save_series(
     return manifest, errors, volume_rows
 
 
+def read_instances(path, keys: Sequence[str] | None = None) -> list[dict]:
+    """Work-list rows of the series ``keys`` (all when None). ``instances.parquet`` serves
+    too (it has no frame-group columns: each instance is taken whole).
+    """
+    available = set(pq.read_schema(path).names)
+    columns = [c for c in INSTANCE_COLUMNS if c in available]
+    filters = None if keys is None else [("series_key", "in", list(keys))]
+    return pq.read_table(path, columns=columns, filters=filters).to_pylist()
+
+
 def save_batch(
     study: Path,
     results: Path,
@@ -443,13 +506,7 @@ def save_batch(
     """
     series = pq.read_table(series_path, filters=[("batch", "=", batch)]).to_pylist()
     keys = [s["series_key"] for s in series]
-    rows = (
-        pq.read_table(
-            instances_path, columns=INSTANCE_COLUMNS, filters=[("series_key", "in", keys)]
-        ).to_pylist()
-        if keys
-        else []
-    )
+    rows = read_instances(instances_path, keys) if keys else []
     by_key: dict[str, list[dict]] = {}
     for row in rows:
         by_key.setdefault(row["series_key"], []).append(row)

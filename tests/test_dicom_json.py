@@ -33,12 +33,16 @@ def pydicom_file(name: str) -> str:
 
 
 def is_bulk(elem) -> bool:
-    """Pixel data, overlay data and binary values over 1024 bytes: what header_json leaves out."""
+    """Pixel data, overlay data and binary values over 1024 bytes: what header_json leaves
+    out; a Siemens CSA image header (0029,1010) is kept up to 64 KiB.
+    """
     tag = int(elem.tag)
     if tag in (0x7FE00010, 0x7FE00008, 0x7FE00009):
         return True
     if 0x6000 <= tag >> 16 <= 0x601E and tag & 0xFFFF == 0x3000:
         return True
+    if tag == 0x00291010 and len(elem.value or b"") <= 64 * 1024:
+        return False
     return elem.VR in BINARY_VRS and len(elem.value or b"") > 1024
 
 
@@ -155,12 +159,15 @@ class TestHeaderJson:
 
     def test_leaves_out_large_binary_values_and_keeps_small_ones(self):
         ds = read_header(MR_NATIVE).dataset
-        assert len(ds[0x00291010].value) > 1024
+        assert len(ds[0x00291020].value) > 1024  # CSA series header (the MR protocol)
+        assert len(ds[0x00291010].value) > 1024  # CSA image header
 
         model = json.loads(header_json(ds)[0])
 
-        assert "00291010" not in model
+        assert "00291020" not in model
         assert model["00020001"] == {"vr": "OB", "InlineBinary": "AAE="}
+        csa = base64.b64decode(model["00291010"]["InlineBinary"])
+        assert csa == ds[0x00291010].value and csa.startswith(b"SV10")
 
     def test_writes_compact_key_sorted_json(self):
         text, _ = header_json(read_header(demo.CT_SMALL).dataset)

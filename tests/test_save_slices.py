@@ -37,9 +37,7 @@ def demo_series(demo_metadata) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def demo_instances(demo_metadata) -> list[dict]:
-    return pq.read_table(
-        demo_metadata["instances"], columns=save_slices.INSTANCE_COLUMNS
-    ).to_pylist()
+    return save_slices.read_instances(demo_metadata["instances"])
 
 
 def rows_under(instances: list[dict], prefix: str) -> list[dict]:

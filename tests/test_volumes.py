@@ -499,15 +499,6 @@ class TestVendorAgreesWithDcm2niix:
             assert assert_agrees(vendor_volumes["results"], r, main) == n
         assert assert_agrees(vendor_volumes["results"], rows[16], reference[16:]) == 16
 
-    def test_siemens_mosaics_are_skipped_with_a_reason(self, vendor_volumes):
-        rows = vendor_rows(vendor_volumes, "ep2d_diff_mddw_20_p2")
-        assert rows == []
-        skipped = [e for e in vendor_volumes["errors"] if e["reason"] == "volume_skipped"]
-        assert len(skipped) == 1
-        assert skipped[0]["path"].startswith("Siemens_mosaic_DWI/")
-        assert skipped[0]["detail"].endswith("no volume written: 12 duplicate slice position(s)")
-        assert skipped[0]["severity"] == "warning"
-
 
 # --- finalize_tables and the README's Volumes recipes --------------------------------
 
