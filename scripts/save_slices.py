@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset
 import dicom_io
 import fast_header
 import geometry
+import pixel_decoders
 import rendering
 import series_cache
 import table_schema
@@ -120,6 +121,7 @@ def decode_frame(ds: Dataset, frame: Frame) -> np.ndarray:
     """Decode only one frame of an instance read with :func:`dicom_io.read_for_pixels`."""
     from pydicom.pixels import pixel_array
 
+    pixel_decoders.register()  # imagecodecs JPEG, deflated frames, 1-bit RLE (once)
     index = frame.frame if frame.n_frames > 1 else None
     arr = pixel_array(ds, index=index)
     if index is not None and arr.ndim >= 3 and arr.shape[0] == frame.n_frames:
