@@ -19,6 +19,8 @@ import pydicom
 import pydicom.config
 from pydicom.dataset import Dataset
 
+import pixel_decoders
+
 # Malformed vendor values must not flood logs (they may hold patient data) or raise
 # while reading; each value is validated later, one element at a time.
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
@@ -27,6 +29,9 @@ pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
 # (tracebacks, values that may identify a patient) stay out of logs.
 logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
+# Syntaxes newer than pydicom 3.0.2 (Deflated Image Frame Compression) must be known
+# before any header is read; their decoders are added when pixels are decoded.
+pixel_decoders.register_transfer_syntax()
 
 PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 """PixelData, FloatPixelData and DoubleFloatPixelData."""

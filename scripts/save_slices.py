@@ -28,6 +28,7 @@ import dicom_io
 import fast_header
 import geometry
 import multiframe
+import pixel_decoders
 import rendering
 import series_cache
 import table_schema
@@ -154,6 +155,7 @@ def decode_frame(ds: Dataset, frame: Frame) -> np.ndarray:
     """
     from pydicom.pixels import pixel_array
 
+    pixel_decoders.register()  # imagecodecs JPEG, deflated frames, 1-bit RLE (once)
     index = frame.frame if frame.n_frames > 1 else None
     arr = pixel_array(ds, index=index)
     if index is not None and arr.ndim >= 3 and arr.shape[0] == frame.n_frames:

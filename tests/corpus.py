@@ -110,7 +110,7 @@ PYDICOM_ODD_FILES = {
     "J2K_pixelrep_mismatch.dcm": INSTANCE,  # PixelRepresentation disagrees with the codestream
     "image_dfl.dcm": INSTANCE,  # deflated transfer syntax
     "SC_rgb_small_odd.dcm": INSTANCE,  # odd number of pixel bytes
-    "JPEG-lossy.dcm": INSTANCE,  # no decoder accepts its stream -> undecodable_pixels warning
+    "JPEG-lossy.dcm": INSTANCE,  # non-conforming SOS in its 12-bit JPEG; imagecodecs decodes it
     "MR_truncated.dcm": INSTANCE_TRUNCATED,  # pixel data shorter than its declared length
     "SC_rgb_jpeg.dcm": INSTANCE_TRUNCATED,  # pixel data length runs past the end of the file
     "rtplan_truncated.dcm": "truncated",  # ends inside the dataset

@@ -24,8 +24,8 @@ MR_FILE = demo.MR_SERIES / "IM_0001"
 """Demo MR slice whose header holds the patient identifiers that must never show."""
 NO_PIXEL_OBJECTS = (demo.SR, demo.RTPLAN, demo.ECG)
 """Demo instances without pixel data: their series get a note instead of a sheet."""
-UNDECODABLE_SERIES = demo.NM_JPEG_EXTENDED
-"""A series with pixel data that no installed decoder reads (12-bit JPEG Extended)."""
+JPEG_EXTENDED_SERIES = demo.NM_JPEG_EXTENDED
+"""12-bit JPEG Extended, decoded through the imagecodecs plugin (undecodable until then)."""
 ESCAPED_DESCRIPTION = demo.MR_OVERLAY
 """Its SeriesDescription is 'marked lesion<MPR Collection>': kept as text, never as markup."""
 NOT_INDEXED = (demo.NO_META, demo.ZIP_MR, demo.RTPLAN_TRUNCATED)
@@ -178,10 +178,15 @@ class TestPageData:
         assert (entry["pix"], entry["pv"], entry["sheet"], entry["pl"]) == (False, None, None, {})
         assert entry["und"] is False
 
-    def test_series_whose_slices_cannot_be_decoded_are_flagged_undecodable(self, review):
-        entry = entry_of(review, UNDECODABLE_SERIES)
-        assert entry["pix"] is True and entry["sheet"] is None and entry["und"] is True
+    def test_series_with_an_undecodable_instance_is_flagged_undecodable(self, review):
+        entry = entry_of(review, demo.MR_TRUNCATED)  # its other instance decodes
+        assert entry["pix"] is True and entry["und"] is True
         assert "undecodable_pixels" in entry["er"]
+
+    def test_12_bit_jpeg_extended_series_has_a_sheet_and_no_undecodable_flag(self, review):
+        entry = entry_of(review, JPEG_EXTENDED_SERIES)
+        assert entry["pix"] is True and entry["sheet"] is not None and entry["und"] is False
+        assert "undecodable_pixels" not in entry["er"]
 
     def test_error_rows_of_an_instance_are_shown_with_its_series(self, review):
         entry = entry_of(review, demo.MR_TRUNCATED)

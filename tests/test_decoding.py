@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import apply_modality_lut, convert_color_space, get_decoder, pixel_array
 from pydicom.pixels.decoders.base import DecodeRunner
 from pydicom.uid import (
@@ -35,7 +36,6 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
-    JPEGExtended12Bit,
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
@@ -46,15 +46,25 @@ import demo
 import dicom_io
 import extract_metadata
 import merge_metadata
+import pixel_decoders
 import save_slices
 import scan_study
 
 LOSSY_TOLERANCE = 0.02
 """Lossy copies: mean |decoded - reference| must stay below 2 % of the reference's value range."""
 
-WHEEL_PLUGINS = {"gdcm", "pylibjpeg", "pyjpegls", "pillow", "pydicom"}
+WHEEL_PLUGINS = {
+    "gdcm",
+    "pylibjpeg",
+    "pyjpegls",
+    "pillow",
+    "pydicom",
+    "imagecodecs",
+    "pixel_decoders",
+}
 """pydicom decoding plugins backed by PyPI wheels (python-gdcm, pylibjpeg-openjpeg,
-pylibjpeg-rle, pyjpegls, Pillow) or by pydicom itself (its own RLE decoder)."""
+pylibjpeg-rle, pyjpegls, Pillow, imagecodecs), by pydicom itself (its own RLE decoder) or
+by ``scripts/pixel_decoders.py`` (deflated frames, single-bit RLE)."""
 
 
 def shipped(name: str) -> Path | None:
@@ -253,9 +263,17 @@ NO_REFERENCE_CASES = [
     pytest.param("JPEGLSNearLossless_16.dcm", JPEGLSNearLossless, id="jpeg_ls_near-16_bit"),
 ]
 
+SEG_FIXTURES = Path(__file__).parent / "fixtures" / "single-bit-seg"
+SEG_NATIVE = SEG_FIXTURES / "liver.dcm"
+BROKEN_JPEG = "nm/broken_jpeg.dcm"
+"""JPEG-lossy.dcm with its stream's markers overwritten: no decoder can read it."""
+CUT_DEFLATE = "mr/cut_deflate.dcm"
+"""MR_small.dcm as Deflated Image Frame Compression, its frame's Deflate stream cut in half."""
+NM_FRAME = save_slices.Frame("nm", 0, 1, None, None)
+
 UNDECODABLE_CASES = [
-    pytest.param("JPEG-lossy.dcm", JPEGExtended12Bit, id="jpeg_extended_12_bit-jpeg_lossy"),
-    pytest.param("JPGExtended.dcm", JPEGExtended12Bit, id="jpeg_extended_12_bit-jpg_extended"),
+    # 12-bit JPEG Extended (JPGExtended.dcm, JPEG-lossy.dcm) decodes through imagecodecs:
+    # tests/test_pixel_decoders.py compares it with dcmtk.
     # README of pydicom's test data: 4 codestream bytes overwritten, "not a valid JPEG".
     pytest.param(
         "JPEG2000-embedded-sequence-delimiter.dcm", JPEG2000, id="jpeg_2000-corrupt_codestream"
@@ -446,14 +464,20 @@ class TestUndecodablePixels:
         with pytest.raises(RuntimeError, match="Unable to decode"):
             save_slices.decode_frame(ds, frame)
 
-    def test_main_writes_a_warning_row_and_keeps_the_header_row(self, tiny_study):
-        path = "nm/JPEG-lossy.dcm"
+    @pytest.mark.parametrize(
+        ("path", "detail"),
+        [
+            pytest.param(BROKEN_JPEG, "imagecodecs:", id="jpeg_stream_without_markers"),
+            pytest.param(CUT_DEFLATE, "final Deflate block", id="deflated_frame_cut_short"),
+        ],
+    )
+    def test_main_writes_a_warning_row_and_keeps_the_header_row(self, tiny_study, path, detail):
         rows = [e for e in tiny_study["errors"] if e["path"] == path]
         assert len(rows) == 1
         assert rows[0]["reason"] == "undecodable_pixels"
         assert rows[0]["severity"] == "warning"
         assert rows[0]["stage"] == "save_slices"
-        assert "JPEG Extended" in rows[0]["detail"]
+        assert detail in rows[0]["detail"]
         instance = [r for r in tiny_study["instances"] if r["path"] == path]
         assert len(instance) == 1 and instance[0]["has_pixels"]
         assert not [e for e in tiny_study["extract_errors"] if e["path"] == path]
@@ -461,7 +485,12 @@ class TestUndecodablePixels:
 
     def test_main_still_saves_the_decodable_files_next_to_it(self, tiny_study):
         by_source = {m["source_path"]: m for m in tiny_study["manifest"]}
-        assert sorted(by_source) == ["ct/image_dfl.dcm", "mr/MR_small_jp2klossless.dcm"]
+        assert sorted(by_source) == [
+            "ct/image_dfl.dcm",
+            "mr/MR_small_jp2klossless.dcm",
+            "nm/JPEG-lossy.dcm",
+            "seg/liver_deflate.dcm",
+        ]
         mr = np.load(tiny_study["results"] / by_source["mr/MR_small_jp2klossless.dcm"]["npy_path"])
         reference = pydicom.dcmread(shipped_or_skip("MR_small.dcm")).pixel_array
         np.testing.assert_array_equal(mr, reference.astype(np.float32))
@@ -469,25 +498,60 @@ class TestUndecodablePixels:
         np.testing.assert_array_equal(
             dfl, inflated_pixels(shipped_or_skip("image_dfl.dcm"), 512, 512)
         )
-        assert [e["path"] for e in tiny_study["errors"]] == ["nm/JPEG-lossy.dcm"]
+        nm = np.load(tiny_study["results"] / by_source["nm/JPEG-lossy.dcm"]["npy_path"])
+        counts = pydicom.dcmread(shipped_or_skip("JPGExtended.dcm"))  # its fixed copy
+        np.testing.assert_array_equal(nm, save_slices.decode_frame(counts, NM_FRAME))
+        seg = [m for m in tiny_study["manifest"] if m["source_path"] == "seg/liver_deflate.dcm"]
+        masks = pydicom.dcmread(SEG_NATIVE).pixel_array
+        assert [m["frame"] for m in seg] == [0, 1, 2]
+        for row in seg:
+            saved = np.load(tiny_study["results"] / row["npy_path"])
+            np.testing.assert_array_equal(saved, masks[row["frame"]].astype(np.float32))
+        assert sorted(e["path"] for e in tiny_study["errors"]) == [CUT_DEFLATE, BROKEN_JPEG]
+
+
+def write_broken_copies(study: Path) -> None:
+    """Two real images with damaged pixel data, each in a series of its own."""
+    ds = pydicom.dcmread(shipped_or_skip("JPEG-lossy.dcm"))
+    (stream,) = generate_frames(ds.PixelData, number_of_frames=1)
+    ds.PixelData = encapsulate([stream[:2] + bytes(200) + stream[202:]])
+    _save_as_new_series(ds, study / BROKEN_JPEG)
+    ds = pydicom.dcmread(shipped_or_skip("MR_small.dcm"))
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    frame = deflater.compress(ds.PixelData) + deflater.flush()
+    ds.PixelData = encapsulate([frame[: len(frame) // 2]])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = pixel_decoders.DEFLATED_IMAGE_FRAME_COMPRESSION
+    _save_as_new_series(ds, study / CUT_DEFLATE)
+
+
+def _save_as_new_series(ds: pydicom.Dataset, target: Path) -> None:
+    for keyword in ("SeriesInstanceUID", "SOPInstanceUID"):
+        uid = pydicom.uid.generate_uid(entropy_srcs=[target.name, keyword])
+        setattr(ds, keyword, uid)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(target, enforce_file_format=True)
 
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory) -> dict:
-    """Scan, extract, merge and save slices of a 3-file study: one file is undecodable."""
+    """Scan, extract, merge and save slices of a 6-file study: two files are undecodable."""
     files = {
-        "nm/JPEG-lossy.dcm": "JPEG-lossy.dcm",
-        "mr/MR_small_jp2klossless.dcm": "MR_small_jp2klossless.dcm",
-        "ct/image_dfl.dcm": "image_dfl.dcm",
+        "nm/JPEG-lossy.dcm": shipped("JPEG-lossy.dcm"),
+        "mr/MR_small_jp2klossless.dcm": shipped("MR_small_jp2klossless.dcm"),
+        "ct/image_dfl.dcm": shipped("image_dfl.dcm"),
+        "seg/liver_deflate.dcm": SEG_FIXTURES / "liver_deflate.dcm",
     }
-    for name in files.values():
-        if shipped(name) is None:
-            pytest.skip(f"{name} is not shipped with this pydicom")
+    for target, path in files.items():
+        if path is None:
+            pytest.skip(f"{target} is not shipped with this pydicom")
     root = tmp_path_factory.mktemp("tiny_study")
     study, results, work = root / "study", root / "results", root / "work"
-    for target, name in files.items():
+    for target, path in files.items():
         (study / target).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shipped(name), study / target)
+        shutil.copyfile(path, study / target)
+    write_broken_copies(study)
 
     assert scan_study.main(["--study", str(study), "--out-dir", str(work / "scan")]) == 0
     parts_i, parts_e = [], []

@@ -112,7 +112,7 @@ class TestReadHeader:
             pytest.param(demo.MR_RLE, id="mr-rle"),
             pytest.param(demo.NM_JPEG_EXTENDED, id="nm-jpeg-extended"),
             pytest.param(demo.US_YBR_MULTIFRAME, id="us-jpeg-baseline-30-frames"),
-            pytest.param(demo.JPEG_LOSSY, id="undecodable-jpeg-still-has-pixels"),
+            pytest.param(demo.JPEG_LOSSY, id="nonconforming-jpeg-has-pixels"),
         ],
     )
     def test_finds_encapsulated_pixel_data_without_warnings(self, path):

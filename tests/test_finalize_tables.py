@@ -13,7 +13,7 @@ import render_thumbnails
 import save_slices
 import table_schema
 
-UNDECODABLE = (demo.MR_TRUNCATED, demo.NM_JPEG_EXTENDED, demo.JPEG_LOSSY)
+UNDECODABLE = (demo.MR_TRUNCATED,)
 """Demo files whose header reads but whose pixels do not decode (slice-stage errors)."""
 NOT_INDEXED = (demo.NO_META, demo.ZIP_MR, demo.RTPLAN_TRUNCATED)
 """Demo files that never become instances (extract-stage errors)."""

@@ -173,7 +173,7 @@ class TestMain:
         assert {r["series_key"]: r["n_tiles"] for r in sheets["rows"]} == {
             key: min(n, TILES) for key, n in saved.items()
         }
-        assert sorted(set(saved.values())) == [1, 9]  # single images and 9-slice series
+        assert sorted(set(saved.values())) == [1, 2, 9]  # single images, the 2 NM files, 9 slices
         written = sorted(p.stem for p in (sheets["results"] / "contact_sheets").iterdir())
         assert written == sorted(keys)
 

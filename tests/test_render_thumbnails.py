@@ -100,7 +100,7 @@ def rows_from(rows, path) -> list[dict]:
 
 class TestMain:
     def test_main_writes_one_png_per_manifest_row(self, rendered):
-        assert len(rendered["rows"]) == 42  # 9 slices (or all frames) of 11 image series
+        assert len(rendered["rows"]) == 44  # 9 slices (or all frames) of 12 image series
         assert sorted(rendered["thumbs"]) == sorted(r["png_path"] for r in rendered["rows"])
         for row in rendered["rows"]:
             assert (rendered["results"] / row["png_path"]).is_file()
