@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
+import pyarrow.parquet as pq
 import pydicom
 import pytest
 
+import render_thumbnails
+import save_slices
 import segmentation
+import steps
 
 FIXTURE = Path(__file__).parent / "fixtures" / "seg_sm" / "study"
 SEG_BINARY = FIXTURE / "seg" / "seg_image_ct_binary.dcm"
@@ -157,3 +163,47 @@ class TestReferencedUids:
 
     def test_no_header_names_nothing(self):
         assert segmentation.referenced_uids(None) == (set(), set())
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """The slice and thumbnail steps run on a study holding only SEG_OVERLAP."""
+    base = tmp_path_factory.mktemp("seg_alone")
+    study = base / "study"
+    study.mkdir()
+    shutil.copy(SEG_OVERLAP, study / SEG_OVERLAP.name)
+    paths = steps.index_study(study, base / "work")
+    results = base / "results"
+    manifest = base / "manifest.parquet"
+    args = ["--study", str(study), "--results", str(results), "--batch", "0"]
+    args += ["--instances", str(paths["batches"] / "batch_0.instances.parquet")]
+    args += ["--series", str(paths["batches"] / "batch_0.series.parquet")]
+    args += ["--manifest", str(manifest), "--errors", str(base / "errors.parquet")]
+    assert save_slices.main(args) == 0
+    thumbs = ["--results", str(results), "--manifest", str(manifest)]
+    assert render_thumbnails.main(thumbs + ["--out", str(base / "thumbs.parquet")]) == 0
+    return results, pq.read_table(manifest).to_pylist()
+
+
+class TestSegmentationSteps:
+    """The slice and thumbnail steps on a study holding a SEG without its source images."""
+
+    def test_without_its_source_a_mask_is_drawn_in_its_colour_on_black(self, drawn):
+        results, rows = drawn
+        ds = pydicom.dcmread(SEG_OVERLAP)
+        for row in rows:
+            assert row["source_npy_path"] is None
+            mask = np.load(results / row["npy_path"])
+            assert np.array_equal(mask, ds.pixel_array[row["frame"]])
+            png = iio.imread(results / row["png_path"])
+            scale = png.shape[0] // mask.shape[0]
+            ys, xs = np.nonzero(mask)
+            inside = png[ys[0] * scale + scale // 2, xs[0] * scale + scale // 2]
+            assert tuple(inside) == segmentation.PALETTE[row["segment_number"] - 1]
+            assert tuple(png[0, 0]) == (0, 0, 0)  # the corner lies outside every mask
+
+    def test_manifest_names_segment_and_source_even_when_the_source_is_absent(self, drawn):
+        _, rows = drawn
+        assert {r["segment_label"] for r in rows} == {"first segment", "second segment"}
+        assert all(r["source_sop_instance_uid"] for r in rows)
+        assert all(r["value_units"] == "mask" for r in rows)
