@@ -364,24 +364,37 @@ def _source_slice(decoder: FrameDecoder, row: dict, frame: int, shape) -> tuple 
     return values, rendering.header_window(ds, frame), frame
 
 
+def level_tiles(study: Path, path: str, ds: Dataset, frames: Sequence[int]):
+    """Values of ``frames`` (sorted) of a tiled level, decoded one at a time from the file.
+
+    pydicom's ``iter_pixels`` reads one frame's bytes at a time, so neither the file
+    nor the level's pixels are ever in memory whole; ``ds`` (its header) gives the
+    modality rescale and the colour handling of :func:`slice_values`.
+    """
+    from pydicom.pixels import iter_pixels
+
+    source = dicom_io.study_file(study, path)
+    for frame, arr in zip(frames, iter_pixels(source, indices=frames), strict=True):
+        yield slice_values(arr, ds, frame)[0]
+
+
 def _slide_source(study: Path, sources: list[dict], uid: str | None, seg: Dataset, stride: int):
     """The tiled source (slide level) of a tiled SEG, assembled at ``stride``, or None.
 
     The source named by ``uid``, else the first source level with the SEG's total matrix.
     """
+    import pydicom
+
     ordered = sorted(sources, key=lambda r: (r.get("SOPInstanceUID") != uid, r["path"]))
     for row in ordered:
         try:
-            ds = read_header(study, row["path"])
+            source = dicom_io.study_file(study, row["path"])
+            ds = pydicom.dcmread(source, stop_before_pixels=True, force=True)
             if not slide.is_tiled(ds) or slide.total_matrix(ds) != slide.total_matrix(seg):
                 continue
             frames = slide.first_plane_frames(ds)
-            n = int(ds.get("NumberOfFrames") or 1)
-
-            def tile(f, ds=ds, n=n, path=row["path"]):
-                return slice_values(decode_frame(ds, Frame(path, f, n, None, None)), ds, f)[0]
-
-            values, _ = slide.assemble_frames(ds, frames, tile, stride=stride)
+            tiles = level_tiles(study, row["path"], ds, frames)
+            values, _ = slide.assemble_frames(ds, frames, tiles, stride=stride)
         except Exception as exc:  # noqa: BLE001 - no overlay, the mask is still drawn
             log.warning("source slide of a SEG not assembled: %s", dicom_io.short_message(exc))
             continue
@@ -443,7 +456,9 @@ def save_segmentation(
         try:
             if plane == "slide":
                 stride = slide.stride_for(slide.total_matrix(ds), 4)  # float mask or RGB source
-                mask, _ = slide.assemble_frames(ds, [f.frame for f in unit], mask_of, stride=stride)
+                numbers = [f.frame for f in unit]
+                masks = (mask_of(f) for f in numbers)
+                mask, _ = slide.assemble_frames(ds, numbers, masks, stride=stride)
             else:
                 stride, mask = 1, mask_of(first.frame)
         except Exception as exc:  # noqa: BLE001
@@ -532,16 +547,12 @@ def save_slide(
     chosen = slide.lowest_level([ds for _, ds in headers])
     if chosen is None:
         return [], [], instances
-    row = headers[chosen][0]
+    row, ds = headers[chosen]
     key, path = series["series_key"], row["path"]
     try:
-        ds = read_header(study, path)
-        n = int(ds.get("NumberOfFrames") or 1)
-
-        def tile(f):
-            return slice_values(decode_frame(ds, Frame(path, f, n, None, None)), ds, f)[0]
-
-        values, stride = slide.assemble_frames(ds, slide.first_plane_frames(ds), tile)
+        frames = slide.first_plane_frames(ds)
+        tiles = level_tiles(study, path, ds, frames)
+        values, stride = slide.assemble_frames(ds, frames, tiles)
     except Exception as exc:  # noqa: BLE001
         return [], [_undecodable(path, exc)], rest
     errors = []

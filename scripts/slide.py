@@ -208,9 +208,13 @@ def first_plane_frames(ds) -> list[int]:
 
 
 def assemble_frames(
-    ds, frames: Sequence[int], decode, budget: int = MEMORY_BUDGET, stride: int | None = None
+    ds,
+    frames: Sequence[int],
+    tiles: Iterable[np.ndarray],
+    budget: int = MEMORY_BUDGET,
+    stride: int | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Decode ``frames`` of a tiled object one by one and paste them into its total matrix.
+    """Paste decoded frames of a tiled object into its total matrix, one tile at a time.
 
     Parameters
     ----------
@@ -218,9 +222,9 @@ def assemble_frames(
         Header of the tiled instance.
     frames : sequence of int
         0-based frames to paste (e.g. :func:`first_plane_frames`, or one segment's frames).
-    decode : callable
-        ``decode(frame) -> ndarray``: the values of one tile, (Rows, Columns) or
-        (Rows, Columns, 3).
+    tiles : iterable of ndarray
+        The values of those frames in the same order, (Rows, Columns) or
+        (Rows, Columns, 3); a generator keeps one decoded tile in memory at a time.
     budget : int
         Bytes the result may take (:func:`stride_for`).
     stride : int, optional
@@ -237,14 +241,15 @@ def assemble_frames(
         raise ValueError("Argument 'frames' must name at least one frame")
     positions = tile_positions(ds)
     shape = total_matrix(ds)
-    first = decode(frames[0])
+    tiles = iter(tiles)
+    first = next(tiles)
     samples = first.shape[2] if first.ndim == 3 else 1
     if stride is None:
         stride = stride_for(shape, samples * first.dtype.itemsize, budget)
 
-    def tiles():
+    def placed():
         yield (*positions[frames[0]], first)
-        for frame in frames[1:]:
-            yield (*positions[frame], decode(frame))
+        for frame, tile in zip(frames[1:], tiles, strict=True):
+            yield (*positions[frame], tile)
 
-    return assemble(tiles(), shape, stride, first.dtype, samples), stride
+    return assemble(placed(), shape, stride, first.dtype, samples), stride

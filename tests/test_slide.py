@@ -22,7 +22,8 @@ SM_SPARSE = FIXTURE / "sm_sparse" / "sm_image_sparse.dcm"
 def assembled(path: Path, **kwargs) -> tuple[np.ndarray, int]:
     ds = pydicom.dcmread(path)
     frames = ds.pixel_array
-    return slide.assemble_frames(ds, slide.first_plane_frames(ds), lambda f: frames[f], **kwargs)
+    chosen = slide.first_plane_frames(ds)
+    return slide.assemble_frames(ds, chosen, (frames[f] for f in chosen), **kwargs)
 
 
 class TestTilePositions:
