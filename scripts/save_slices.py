@@ -552,7 +552,7 @@ def save_slide(
     try:
         frames = slide.first_plane_frames(ds)
         tiles = level_tiles(study, path, ds, frames)
-        values, stride = slide.assemble_frames(ds, frames, tiles)
+        values, stride = slide.assemble_frames(ds, frames, tiles, slide.MEMORY_BUDGET)
     except Exception as exc:  # noqa: BLE001
         return [], [_undecodable(path, exc)], rest
     errors = []
@@ -562,9 +562,9 @@ def save_slide(
             {
                 "path": path,
                 "reason": "slide_downsampled",
-                "detail": f"level of {shape[0]} x {shape[1]} pixels saved at every {stride}th "
-                f"pixel ({values.shape[0]} x {values.shape[1]}) to stay within "
-                f"{slide.MEMORY_BUDGET // 2**20} MiB",
+                "detail": f"level of {shape[0]} x {shape[1]} pixels saved as {values.shape[0]} x "
+                f"{values.shape[1]} (1 pixel in {stride} along rows and columns) to stay within "
+                f"{slide.MEMORY_BUDGET / 2**20:g} MiB",
                 "severity": "warning",
                 "stage": "save_slices",
             }

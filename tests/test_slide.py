@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pydicom
 import pytest
 
+import save_slices
 import slide
+import steps
 
 FIXTURE = Path(__file__).parent / "fixtures" / "seg_sm" / "study"
 SM_FULL = FIXTURE / "sm" / "sm_image.dcm"
@@ -105,3 +109,59 @@ class TestLowestLevel:
         ds.ImageType = ["ORIGINAL", "PRIMARY", "LABEL", "NONE"]
         assert not slide.is_level(ds)
         assert slide.lowest_level([ds]) is None
+
+
+@pytest.fixture
+def slide_study(tmp_path):
+    """Index a study of the two-level pyramid; returns (study, batch work lists folder)."""
+    study = tmp_path / "study"
+    study.mkdir()
+    for path in (SM_FULL, SM_LEVEL2):
+        shutil.copy(path, study / path.name)
+    return study, steps.index_study(study, tmp_path / "work")["batches"]
+
+
+def save(study: Path, batches: Path, results: Path) -> tuple[list[dict], list[dict]]:
+    series = pq.read_table(batches / "batch_0.series.parquet").to_pylist()
+    instances = pq.read_table(batches / "batch_0.instances.parquet").to_pylist()
+    assert len(series) == 1
+    manifest, errors, _ = save_slices.save_series(
+        study, results, series[0], instances, save_slices.Selection()
+    )
+    return manifest, errors
+
+
+class TestSaveSlide:
+    def test_only_the_lowest_level_is_saved_assembled(self, slide_study, tmp_path):
+        manifest, errors = save(*slide_study, tmp_path / "results")
+        assert errors == []
+        (row,) = manifest
+        assert (row["plane"], row["source_path"]) == ("slide", SM_LEVEL2.name)
+        assert np.load(tmp_path / "results" / row["npy_path"]).shape == (25, 25, 3)
+        assert row["pixel_spacing_mm"] == pytest.approx([0.000998, 0.000998])
+
+    def test_a_level_over_the_budget_is_strided_with_a_warning(
+        self, slide_study, tmp_path, monkeypatch
+    ):
+        monkeypatch.setattr(slide, "MEMORY_BUDGET", 13 * 13 * 3)
+        manifest, errors = save(*slide_study, tmp_path / "results")
+        (row,) = manifest
+        values = np.load(tmp_path / "results" / row["npy_path"])
+        full, _ = assembled(SM_LEVEL2)
+        assert np.array_equal(values, full[::2, ::2]) and values.shape == (13, 13, 3)
+        assert row["pixel_spacing_mm"] == pytest.approx([0.001996, 0.001996])
+        (warning,) = errors
+        assert (warning["reason"], warning["severity"]) == ("slide_downsampled", "warning")
+        assert "25 x 25" in warning["detail"] and "1 pixel in 2" in warning["detail"]
+
+    def test_a_label_image_stays_an_ordinary_image(self, slide_study, tmp_path):
+        study, _ = slide_study
+        label = pydicom.dcmread(study / SM_LEVEL2.name)
+        label.ImageType = ["ORIGINAL", "PRIMARY", "LABEL", "NONE"]
+        label.save_as(study / SM_LEVEL2.name)
+        batches = steps.index_study(study, tmp_path / "work2")["batches"]
+        manifest, _ = save(study, batches, tmp_path / "results")
+        slides = [r for r in manifest if r["plane"] == "slide"]
+        assert [r["source_path"] for r in slides] == [SM_FULL.name]  # now the lowest level
+        others = [r for r in manifest if r["plane"] != "slide"]
+        assert others and {r["source_path"] for r in others} == {SM_LEVEL2.name}
