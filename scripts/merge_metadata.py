@@ -566,11 +566,21 @@ SEG_SOURCE_COLUMNS = ("SOPInstanceUID", "seg_source")
 """Columns a batch's instance work list gains when a SEG of the batch has source images."""
 
 
-def segmentation_sources(light: pa.Table, seg_headers: dict[str, str]) -> dict[str, list[int]]:
-    """SEG series key → rows of ``light`` (instances with pixels) its SEG instances derive from.
+def _seg_identity(series_uid: str | None, key: str) -> str:
+    """How a SEG's sources are found for a series row: its SeriesInstanceUID, else its key.
 
-    The sources are the instances the SEG names (ReferencedSOPInstanceUID) and every
-    instance of the series it names (ReferencedSeriesSequence), outside the SEG's own series.
+    By UID, every stack of a SEG series gets the sources of all its instances, however
+    its frames are split into stacks.
+    """
+    return f"uid:{series_uid}" if series_uid else f"key:{key}"
+
+
+def segmentation_sources(light: pa.Table, seg_headers: dict[str, str]) -> dict[str, list[int]]:
+    """SEG series → rows of ``light`` (instances with pixels) its SEG instances derive from.
+
+    Keys are :func:`_seg_identity`. The sources are the instances the SEG names
+    (ReferencedSOPInstanceUID) and every instance of the series it names
+    (ReferencedSeriesSequence), outside the SEG's own series.
     """
     if not seg_headers:
         return {}
@@ -591,7 +601,7 @@ def segmentation_sources(light: pa.Table, seg_headers: dict[str, str]) -> dict[s
         found |= {j for u in named_series for j in by_series.get(u, ())}
         found = {j for j in found if series_uids[j] != series_uids[i]}
         if found:
-            wanted.setdefault(keys[i], set()).update(found)
+            wanted.setdefault(_seg_identity(series_uids[i], keys[i]), set()).update(found)
     return {key: sorted(rows) for key, rows in wanted.items()}
 
 
@@ -618,10 +628,13 @@ def add_segmentation_sources(
     light_rows = None
     out = dict(tables)
     for batch, (batch_series, batch_instances) in tables.items():
+        keys = batch_series.column("series_key").to_pylist()
+        uids = batch_series.column("SeriesInstanceUID").to_pylist()
+        members = zip(keys, uids, strict=True)
         extra = [
             (key, j)
-            for key in sorted(batch_series.column("series_key").to_pylist())
-            for j in sources.get(key, ())
+            for key, uid in sorted(members, key=lambda m: m[0])
+            for j in sources.get(_seg_identity(uid, key), ())
         ]
         if not extra:
             continue

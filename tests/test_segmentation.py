@@ -8,10 +8,13 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pydicom
 import pytest
 
+import merge_metadata
 import render_thumbnails
 import save_slices
 import segmentation
@@ -207,3 +210,68 @@ class TestSegmentationSteps:
         assert {r["segment_label"] for r in rows} == {"first segment", "second segment"}
         assert all(r["source_sop_instance_uid"] for r in rows)
         assert all(r["value_units"] == "mask" for r in rows)
+
+
+@pytest.fixture(scope="module")
+def merged(tmp_path_factory):
+    """The CT and its binary SEG indexed: (light instances, series, header_json by path)."""
+    base = tmp_path_factory.mktemp("merge_sources")
+    study = base / "study"
+    shutil.copytree(FIXTURE / "ct", study / "ct")
+    shutil.copy(SEG_BINARY, study / SEG_BINARY.name)
+    paths = steps.index_study(study, base / "work")
+    instances = pq.read_table(paths["instances"])
+    headers = dict(
+        zip(*(instances.column(c).to_pylist() for c in ("path", "header_json")), strict=True)
+    )
+    return instances.drop_columns(["header_json"]), pq.read_table(paths["series"]), headers
+
+
+class TestMergeSources:
+    """merge_metadata.add_segmentation_sources on the CT and its binary SEG."""
+
+    @staticmethod
+    def tables(series, light, keys_by_batch):
+        """Work lists as batch_tables makes them, for the given split of series keys."""
+        out = {}
+        columns = light.select(merge_metadata.BATCH_INSTANCE_COLUMNS[:-1])
+        columns = columns.append_column("header_json", pa.nulls(light.num_rows, pa.string()))
+        for batch, keys in keys_by_batch.items():
+            value_set = pa.array(keys)
+            batch_series = series.filter(pc.is_in(series.column("series_key"), value_set))
+            batch_rows = columns.filter(pc.is_in(columns.column("series_key"), value_set))
+            out[batch] = (batch_series, batch_rows)
+        return out
+
+    def test_seg_batch_gets_its_ct_sources_and_other_batches_are_untouched(self, merged):
+        light, series, headers = merged
+        keys, modalities = (series.column(c).to_pylist() for c in ("series_key", "Modality"))
+        modality = dict(zip(keys, modalities, strict=True))
+        seg_key = next(k for k, m in modality.items() if m == "SEG")
+        ct_key = next(k for k, m in modality.items() if m == "CT")
+        tables = self.tables(series, light, {0: [ct_key], 1: [seg_key]})
+        seg_headers = {p: h for p, h in headers.items() if p == SEG_BINARY.name}
+        out = merge_metadata.add_segmentation_sources(tables, light, {}, seg_headers)
+        assert out[0] is tables[0]  # no SEG: the same work lists, the same bytes
+        rows = out[1][1].to_pylist()
+        sources = sorted(r["path"] for r in rows if r["seg_source"])
+        assert sources == ["ct/17106", "ct/17136", "ct/17166", "ct/17196"]
+        assert all(r["series_key"] == seg_key for r in rows)
+        assert {r["SOPInstanceUID"] for r in rows if r["seg_source"]} >= {
+            pydicom.dcmread(CT_SLICE_17136).SOPInstanceUID
+        }
+
+    def test_every_stack_of_a_seg_series_gets_the_sources(self, merged):
+        """A SEG split into stacks (one per segment) keeps its sources in every stack."""
+        light, series, headers = merged
+        rows = series.to_pylist()
+        seg = next(r for r in rows if r["Modality"] == "SEG")
+        split = [dict(seg, series_key=seg["series_key"] + f"-{n}") for n in (1, 2)]
+        series2 = pa.Table.from_pylist(rows + split, schema=series.schema)
+        tables = self.tables(
+            series2, light, {1: [split[0]["series_key"]], 2: [split[1]["series_key"]]}
+        )
+        seg_headers = {p: h for p, h in headers.items() if p == SEG_BINARY.name}
+        out = merge_metadata.add_segmentation_sources(tables, light, {}, seg_headers)
+        for batch in (1, 2):
+            assert sum(bool(r["seg_source"]) for r in out[batch][1].to_pylist()) == 4
