@@ -124,6 +124,29 @@ def series_of_paths(instances_path: str) -> dict[str, str]:
     return dict(zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True))
 
 
+def segmentation_links(instances_path: str, slices: Iterable[dict]) -> dict[str, list[str]]:
+    """Series key → related series keys: a source series' SEGs, and a SEG's source series.
+
+    From the SEG slices' ``source_sop_instance_uid`` (slices.parquet) and the instances'
+    SOPInstanceUID; a source outside the study links nothing. Keys ``sg:<key>`` hold the
+    SEGs drawn on series ``key``, keys ``so:<key>`` the series SEG ``key`` was drawn on.
+    """
+    wanted: dict[str, set[str]] = {}
+    for row in slices:
+        if row.get("source_sop_instance_uid"):
+            wanted.setdefault(row["source_sop_instance_uid"], set()).add(row["series_key"])
+    if not wanted or not instances_path:
+        return {}
+    table = pq.read_table(instances_path, columns=["SOPInstanceUID", "series_key"])
+    links: dict[str, set[str]] = {}
+    for uid, key in zip(*(c.to_pylist() for c in table.columns), strict=True):
+        for seg in wanted.get(uid, ()):
+            if key != seg:
+                links.setdefault(f"sg:{key}", set()).add(seg)
+                links.setdefault(f"so:{seg}", set()).add(key)
+    return {k: sorted(v) for k, v in sorted(links.items())}
+
+
 # ---------------------------------------------------------------- previews
 
 
@@ -272,6 +295,7 @@ def review_data(
     series_by_path: dict[str, str],
     identifiers: dict[str, list[str]],
     previews: dict[str, str],
+    links: dict[str, list[str]] | None = None,
 ) -> dict:
     """Everything the page shows, as one JSON-ready dict in a fixed order.
 
@@ -293,6 +317,9 @@ def review_data(
         repeating a patient's is blanked; paths and details have all of them cut out.
     previews : dict
         Series key → grid preview path.
+    links : dict, optional
+        SEG links (:func:`segmentation_links`): a series' SEGs (``sg``) and a SEG's source
+        series (``so``).
 
     Returns
     -------
@@ -380,6 +407,8 @@ def review_data(
             "und": has_pixels and (key not in sheets or "undecodable_pixels" in reasons),
             "e": [_error_cells(r, ids) for r in rows[:MAX_ERRORS_PER_SERIES]],
             "q": _qc(record),
+            "sg": (links or {}).get(f"sg:{key}", []),
+            "so": (links or {}).get(f"so:{key}", []),
         }
         out_series.append(entry)
     out_series.sort(
@@ -433,6 +462,8 @@ SERIES_DEFAULTS = {
     "px": None,
     "q": None,
     "sheet": None,
+    "sg": [],
+    "so": [],
     "sp": None,
     "und": False,
 }
@@ -522,6 +553,9 @@ def read_inputs(args: argparse.Namespace) -> dict:
     series = pq.read_table(args.series).to_pylist()
     sheets_rows = read_parts(args.sheets, SHEETS_SCHEMA).to_pylist()
     slice_columns = ["series_key", "plane", "index", "n_in_plane", "png_path", "position_mm"]
+    seg_columns = ["series_key", "source_sop_instance_uid"]
+    has_segs = "source_sop_instance_uid" in pq.read_schema(args.slices).names
+    segs = pq.read_table(args.slices, columns=seg_columns).to_pylist() if has_segs else []
     return {
         "series": series,
         "sheets": {r["series_key"]: r["sheet_path"] for r in sheets_rows},
@@ -529,6 +563,7 @@ def read_inputs(args: argparse.Namespace) -> dict:
         "errors": pq.read_table(args.errors).to_pylist(),
         "series_by_path": series_of_paths(args.instances) if args.instances else {},
         "identifiers": series_identifiers(args.instances) if args.instances else {},
+        "links": segmentation_links(args.instances, segs),
     }
 
 

@@ -99,6 +99,7 @@ BATCH_OUTPUT = re.compile(r"batch_(\d+)(?:\..*)?")
 def listed_outputs(slices: pa.Table, sheet_parts: Sequence[str]) -> set[str]:
     """Result-relative paths of every array, thumbnail and sheet the run produced."""
     listed = set(slices.column("npy_path").to_pylist()) | set(slices.column("png_path").to_pylist())
+    listed.update(slices.column("source_npy_path").to_pylist())  # SEG overlays' source slices
     listed.update(read_parts(sheet_parts, SHEETS_SCHEMA).column("sheet_path").to_pylist())
     listed.discard(None)
     return listed

@@ -106,9 +106,26 @@ def sheet_title(series: dict) -> str:
     return head + "\n" + " · ".join(facts)
 
 
+SEGMENT_LABEL_CHARS = 24
+"""Longest segment label shown on a tile (longer ones are cut with an ellipsis)."""
+
+
 def tile_label(row: dict) -> str:
-    """Slice label: position along the normal in mm, else the frame's index in the stack."""
+    """Slice label: position along the normal in mm, else the frame's index in the stack.
+
+    A SEG mask is named by its segment label (else its number) instead of its plane; an
+    assembled slide by its size in pixels.
+    """
     where = f"#{row['index'] + 1}/{row['n_in_plane']}"
+    if row.get("segment_number") is not None or row.get("segment_label"):
+        name = row.get("segment_label") or f"segment {row['segment_number']}"
+        if len(name) > SEGMENT_LABEL_CHARS:
+            name = name[: SEGMENT_LABEL_CHARS - 1] + "…"
+        if row.get("position_mm") is not None:
+            return f"{name} {row['position_mm']:+.1f} mm  {where}"
+        return f"{name}  {where}"
+    if row["plane"] == "slide" and row.get("rows"):
+        return f"slide {row['columns']} × {row['rows']} px"
     if row.get("position_mm") is not None:
         return f"{row['plane']} {row['position_mm']:+.1f} mm  {where}"
     return f"{row['plane']} {where}"

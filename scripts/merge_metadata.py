@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 import geometry
 import multiframe
 import privacy
+import segmentation
 import table_schema
 from sharding import bucket_count, short_hash, stable_bucket, write_if_changed
 from table_schema import read_parts
@@ -686,6 +687,112 @@ def batch_tables(
     return out
 
 
+def segmentation_headers(parts: Sequence[str], schema: pa.Schema) -> dict[str, str]:
+    """header_json of every SEG instance, by path (single-frame SEGs included)."""
+    headers: dict[str, str] = {}
+    for part in parts:
+        modality = pq.read_table(part, columns=["path", "Modality"], schema=schema)
+        seg = pc.fill_null(pc.equal(modality.column("Modality"), "SEG"), False)
+        if not pc.any(seg).as_py():
+            continue
+        table = pq.read_table(part, columns=["path", "header_json"], schema=schema).filter(seg)
+        headers.update(zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True))
+    return headers
+
+
+SEG_SOURCE_COLUMNS = ("SOPInstanceUID", "seg_source")
+"""Columns a batch's instance work list gains when a SEG of the batch has source images."""
+
+
+def _seg_identity(series_uid: str | None, key: str) -> str:
+    """How a SEG's sources are found for a series row: its SeriesInstanceUID, else its key.
+
+    By UID, every stack of a SEG series gets the sources of all its instances, however
+    its frames are split into stacks.
+    """
+    return f"uid:{series_uid}" if series_uid else f"key:{key}"
+
+
+def segmentation_sources(light: pa.Table, seg_headers: dict[str, str]) -> dict[str, list[int]]:
+    """SEG series → rows of ``light`` (instances with pixels) its SEG instances derive from.
+
+    Keys are :func:`_seg_identity`. The sources are the instances the SEG names
+    (ReferencedSOPInstanceUID) and every instance of the series it names
+    (ReferencedSeriesSequence), outside the SEG's own series.
+    """
+    if not seg_headers:
+        return {}
+    columns = ("path", "series_key", "SOPInstanceUID", "SeriesInstanceUID", "has_pixels")
+    paths, keys, sops, series_uids, pixels = (light.column(c).to_pylist() for c in columns)
+    by_sop: dict[str, list[int]] = {}
+    by_series: dict[str, list[int]] = {}
+    for i, (sop, uid, has) in enumerate(zip(sops, series_uids, pixels, strict=True)):
+        if has:
+            by_sop.setdefault(sop, []).append(i)
+            by_series.setdefault(uid, []).append(i)
+    wanted: dict[str, set[int]] = {}
+    for i, path in enumerate(paths):
+        if path not in seg_headers:
+            continue
+        named_series, named_instances = segmentation.referenced_uids(seg_headers[path])
+        found = {j for u in named_instances for j in by_sop.get(u, ())}
+        found |= {j for u in named_series for j in by_series.get(u, ())}
+        found = {j for j in found if series_uids[j] != series_uids[i]}
+        if found:
+            wanted.setdefault(_seg_identity(series_uids[i], keys[i]), set()).update(found)
+    return {key: sorted(rows) for key, rows in wanted.items()}
+
+
+def add_segmentation_sources(
+    tables: dict[int, tuple[pa.Table, pa.Table]],
+    light: pa.Table,
+    headers: dict[str, str],
+    seg_headers: dict[str, str],
+    stamps: dict[str, str] | None = None,
+) -> dict[int, tuple[pa.Table, pa.Table]]:
+    """Add each SEG's source instances to its batch's instance work list.
+
+    A source row has the SEG's ``series_key`` and ``seg_source`` true; every row of such a
+    batch gets ``SOPInstanceUID``. The SEG's batch then knows where its source images are
+    (to draw the masks over them), and its work list, holding the sources' file stamps,
+    changes when a source file does: Snakemake redoes that batch. Batches without SEG
+    sources are returned unchanged (their work lists keep their bytes).
+    """
+    sources = segmentation_sources(light, seg_headers)
+    if not sources:
+        return tables
+    path_index = {p: i for i, p in enumerate(light.column("path").to_pylist())}
+    sop_column = light.column("SOPInstanceUID").to_pylist()
+    light_rows = None
+    out = dict(tables)
+    for batch, (batch_series, batch_instances) in tables.items():
+        keys = batch_series.column("series_key").to_pylist()
+        uids = batch_series.column("SeriesInstanceUID").to_pylist()
+        members = zip(keys, uids, strict=True)
+        extra = [
+            (key, j)
+            for key, uid in sorted(members, key=lambda m: m[0])
+            for j in sources.get(_seg_identity(uid, key), ())
+        ]
+        if not extra:
+            continue
+        if light_rows is None:
+            light_rows = light.select(BATCH_INSTANCE_COLUMNS[:6]).to_pylist()
+        rows = batch_instances.to_pylist()
+        for row in rows:
+            row.update(SOPInstanceUID=sop_column[path_index[row["path"]]], seg_source=False)
+        for key, j in extra:
+            source = light_rows[j]
+            row = dict(source, series_key=key, header_json=headers.get(source["path"]))
+            if stamps is not None:
+                row["file_stamp"] = stamps.get(row["path"])
+            rows.append(dict(row, SOPInstanceUID=sop_column[j], seg_source=True))
+        schema = batch_instances.schema.append(pa.field("SOPInstanceUID", pa.string()))
+        schema = schema.append(pa.field("seg_source", pa.bool_()))
+        out[batch] = (batch_series, pa.Table.from_pylist(rows, schema=schema))
+    return out
+
+
 BATCH_FILE = re.compile(r"batch_(\d+)\.(?:series|instances)\.parquet(?:\.tmp)?")
 
 
@@ -696,14 +803,19 @@ def write_batches(
     folder: str,
     stamps: dict[str, str] | None = None,
     identifiers: dict[str, list[str]] | None = None,
+    seg_headers: dict[str, str] | None = None,
 ) -> list[int]:
     """Write each batch's work lists, rewriting only those whose content changed.
 
     Work lists of batches that no longer exist are removed, so a batch number that
     comes back gets new lists (and its jobs rerun) rather than an old list's time.
+    ``seg_headers`` (path → header JSON of SEG instances) adds each SEG's source images
+    to its batch (:func:`add_segmentation_sources`).
     """
     os.makedirs(folder, exist_ok=True)
     tables = batch_tables(light, rows, series, stamps, identifiers)
+    headers = {row["path"]: row["header_json"] for row in rows if row.get("header_json")}
+    tables = add_segmentation_sources(tables, light, headers, seg_headers or {}, stamps)
     for batch, (batch_series, batch_instances) in tables.items():
         for kind, table in (("series", batch_series), ("instances", batch_instances)):
             target = os.path.join(folder, f"batch_{batch}.{kind}.parquet")
@@ -745,7 +857,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     table_schema.write_table(errors, args.errors)
     if args.batch_dir:
         stamps = read_stamps(args.shard_lists) if args.shard_lists is not None else None
-        write_batches(light, rows, series, args.batch_dir, stamps, identifiers)
+        seg_headers = segmentation_headers(args.instance_parts, schema)
+        write_batches(light, rows, series, args.batch_dir, stamps, identifiers, seg_headers)
     log.info(
         "%d instances in %d series/stacks; %d error rows",
         light.num_rows,

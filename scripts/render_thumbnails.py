@@ -2,6 +2,8 @@
 
 Window: a configured CT preset, else the header's first WindowCenter/Width, else a
 robust percentile window shared by the series' saved slices. MONOCHROME1 is inverted.
+SEG masks are drawn in their segment's colour, on black or over their source slice
+(:func:`render_segment`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import rendering
+import segmentation
 import series_cache
 import table_schema
 
@@ -71,6 +74,33 @@ def render_slice(
     return rendering.resample(image, rendering.display_size(shape, row["pixel_spacing_mm"], size))
 
 
+def render_segment(
+    mask: np.ndarray, row: dict, size: int, source: np.ndarray | None = None
+) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """uint8 RGB thumbnail of a SEG mask in its segment's colour, and the source's window.
+
+    Mask and source slice are resampled to true aspect first, then combined
+    (:func:`segmentation.draw_mask`), so the outline is one display pixel wide whatever
+    the mask's size. The source is windowed with the row's window (its header's), else a
+    robust percentile window; colour sources are shown as they are.
+    """
+    shape = rendering.display_size(mask.shape[:2], row["pixel_spacing_mm"], size)
+    scaled = np.rint(np.clip(mask.astype(np.float32), 0.0, 1.0) * 255).astype(np.uint8)
+    scaled = rendering.resample(scaled, shape, rendering.Image.Resampling.BILINEAR)
+    background, window = None, None
+    if source is not None:
+        if source.ndim == 3:
+            background = rendering.colour_to_uint8(source)
+        else:
+            if row.get("window_center") is not None and row.get("window_width") is not None:
+                window = (row["window_center"], row["window_width"])
+            else:
+                window = rendering.robust_window(source)
+            background = rendering.render_grey(source, window, False)
+        background = rendering.resample(background, shape)
+    return segmentation.draw_mask(scaled, row["segment_rgb"], background), window
+
+
 def write_png(image: np.ndarray, target: Path) -> None:
     """Write a PNG atomically; Pillow's PNG writer adds no timestamp, so bytes are stable."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -105,7 +135,9 @@ def render_batch(
         series_rows = by_series[key]
         keep = {Path(r["png_path"]).name for r in series_rows}
         table_schema.remove_stale(results / "thumbnails" / key, keep, ".png")
-        arrays = series_cache.stamps(results / r["npy_path"] for r in series_rows)
+        arrays = series_cache.stamps(
+            results / p for r in series_rows for p in (r["npy_path"], r.get("source_npy_path")) if p
+        )
         voi = [r["voi_lut_source"] for r in series_rows if r.get("voi_lut_source")]
         voi_files = series_cache.stamps((study or Path()) / p for p in voi) if voi else []
         expected = series_cache.fingerprint(series_rows, arrays, voi_files, size, ct_window)
@@ -118,12 +150,18 @@ def render_batch(
         grey = [v for v in values if v.ndim == 2]
         for row, arr in zip(series_rows, values, strict=True):
             window, source = (None, "colour")
-            if arr.ndim == 2:
+            if row.get("segment_rgb") and row["value_units"] in segmentation.SEG_UNITS:
+                below = row.get("source_npy_path")
+                below = np.load(results / below) if below else None
+                image, window = render_segment(arr, row, size, below)
+                source = "segment" if below is None else "segment_overlay"
+            elif arr.ndim == 2:
                 window, source = choose_window(row, grey, ct_window)
                 if source == "voi_lut" and study is None:
                     window, source = rendering.robust_window(arr), "percentile"
-            header = voi_lut_header(study, row) if source == "voi_lut" else None
-            image = render_slice(arr, row, window, size, header)
+            if not source.startswith("segment"):
+                header = voi_lut_header(study, row) if source == "voi_lut" else None
+                image = render_slice(arr, row, window, size, header)
             write_png(image, results / row["png_path"])
             out.append(
                 {

@@ -190,10 +190,14 @@ def display_size(shape: tuple[int, int], spacing, longest: int) -> tuple[int, in
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def resample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a uint8 grey or RGB image to ``(height, width)`` with Lanczos filtering."""
+def resample(
+    image: np.ndarray, size: tuple[int, int], method=Image.Resampling.LANCZOS
+) -> np.ndarray:
+    """Resize a uint8 grey or RGB image to ``(height, width)``, by default with Lanczos
+    filtering (masks use bilinear: Lanczos rings around their edges).
+    """
     if image.dtype != np.uint8:
         raise ValueError(f"Argument 'image' must be uint8, got {image.dtype}")
     pil = Image.fromarray(image)
     height, width = size
-    return np.asarray(pil.resize((width, height), Image.Resampling.LANCZOS))
+    return np.asarray(pil.resize((width, height), method))

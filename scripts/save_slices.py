@@ -3,6 +3,9 @@
 Frames are sorted along the slice normal; only the selected frames are decoded.
 Monochrome slices hold modality values (HU for CT) as float32; colour slices hold
 uint8 RGB. A frame that cannot be decoded becomes an ``undecodable_pixels`` row.
+SEG series save segment masks (and the matching source slices, for overlays): see
+:func:`save_segmentation`; tiled whole-slide levels are saved assembled: see
+:func:`save_slide`.
 With ``--volumes-format``, each stack with a regular grid is decoded whole, once: its
 volume goes to ``volumes/`` (see ``volumes.py``) and the saved slices come from it; a
 stack that is not written says why in a ``volume_skipped`` warning.
@@ -27,10 +30,13 @@ from pydicom.dataset import Dataset
 import dicom_io
 import fast_header
 import geometry
+import merge_metadata
 import multiframe
 import pixel_decoders
 import rendering
+import segmentation
 import series_cache
+import slide
 import table_schema
 import volumes
 from merge_metadata import BATCH_INSTANCE_COLUMNS
@@ -372,6 +378,277 @@ def write_stack_volume(
     return rows, None
 
 
+def read_header(study: Path, path: str) -> Dataset:
+    """A whole instance (pixels included) for decoding, by its study-relative path."""
+    source = dicom_io.study_file(study, path)
+    return fast_header.read_dataset_fast(source) or dicom_io.read_for_pixels(source)
+
+
+def _source_row(sources: list[dict], uid: str | None, xyz) -> dict | None:
+    """The source instance a SEG frame was drawn on: by SOPInstanceUID, else by position.
+
+    Position: a single-frame source whose ImagePositionPatient is within 0.01 mm of the
+    SEG frame's (same frame of reference is implied by the reference to its series).
+    """
+    if uid:
+        for row in sources:
+            if row.get("SOPInstanceUID") == uid:
+                return row
+    if xyz is None:
+        return None
+    for row in sorted(sources, key=lambda r: r["path"]):
+        ipp = row.get("ImagePositionPatient")
+        single = (row.get("NumberOfFrames") or 1) == 1 and ipp is not None and len(ipp) == 3
+        if single and np.linalg.norm(np.asarray(ipp, float) - np.asarray(xyz, float)) < 0.01:
+            return row
+    return None
+
+
+def _source_slice(decoder: FrameDecoder, row: dict, frame: int, shape) -> tuple | None:
+    """``(values, window, frame)`` of a source frame with the mask's ``shape``, else None."""
+    n_frames = int(row.get("NumberOfFrames") or 1)
+    if frame >= n_frames:
+        return None
+    try:
+        values, _, _, ds = decoder.decode(Frame(row["path"], frame, n_frames, None, None))
+    except Exception as exc:  # noqa: BLE001 - no overlay, the mask is still drawn
+        log.warning("source image of a SEG frame not decoded: %s", dicom_io.short_message(exc))
+        return None
+    if values.shape[:2] != tuple(shape):
+        return None
+    return values, rendering.header_window(ds, frame), frame
+
+
+def level_tiles(study: Path, path: str, ds: Dataset, frames: Sequence[int]):
+    """Values of ``frames`` (sorted) of a tiled level, decoded one at a time from the file.
+
+    pydicom's ``iter_pixels`` reads one frame's bytes at a time, so neither the file
+    nor the level's pixels are ever in memory whole; ``ds`` (its header) gives the
+    modality rescale and the colour handling of :func:`slice_values`.
+    """
+    from pydicom.pixels import iter_pixels
+
+    source = dicom_io.study_file(study, path)
+    for frame, arr in zip(frames, iter_pixels(source, indices=frames), strict=True):
+        yield slice_values(arr, ds, frame)[0]
+
+
+def _slide_source(study: Path, sources: list[dict], uid: str | None, seg: Dataset, stride: int):
+    """The tiled source (slide level) of a tiled SEG, assembled at ``stride``, or None.
+
+    The source named by ``uid``, else the first source level with the SEG's total matrix.
+    """
+    import pydicom
+
+    ordered = sorted(sources, key=lambda r: (r.get("SOPInstanceUID") != uid, r["path"]))
+    for row in ordered:
+        try:
+            source = dicom_io.study_file(study, row["path"])
+            ds = pydicom.dcmread(source, stop_before_pixels=True, force=True)
+            if not slide.is_tiled(ds) or slide.total_matrix(ds) != slide.total_matrix(seg):
+                continue
+            frames = slide.first_plane_frames(ds)
+            tiles = level_tiles(study, row["path"], ds, frames)
+            values, _ = slide.assemble_frames(ds, frames, tiles, stride=stride)
+        except Exception as exc:  # noqa: BLE001 - no overlay, the mask is still drawn
+            log.warning("source slide of a SEG not assembled: %s", dicom_io.short_message(exc))
+            continue
+        return values, rendering.header_window(ds, 0), row
+    return None
+
+
+def save_segmentation(
+    study: Path,
+    results: Path,
+    series: dict,
+    instances: list[dict],
+    sources: list[dict],
+    selection: Selection,
+) -> tuple[list[dict], list[dict]]:
+    """Save selected segment masks of a SEG stack; returns manifest and error rows.
+
+    A plain SEG saves one mask per selected frame (frames in spatial order, each in its
+    own segment's colour); a tiled SEG saves one assembled mask per selected segment
+    (plane ``slide``). Each row names its segment and the source image it was drawn on;
+    when that image is among ``sources`` (the batch work list's ``seg_source`` rows) and
+    has the mask's size, its values are saved beside the mask (``source_npy_path``) for
+    the thumbnail's overlay, and its header window in ``window_center``/``window_width``.
+    """
+    key = series["series_key"]
+    frames = stack_frames(instances, series.get("ImageOrientationPatient"))
+    headers: dict[str, Dataset] = {}
+    errors: list[dict] = []
+    units: dict[tuple, list[Frame]] = {}
+    for frame in frames:
+        if frame.path not in headers:
+            try:
+                headers[frame.path] = read_header(study, frame.path)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(_undecodable(frame.path, exc))
+                headers[frame.path] = None
+        ds = headers[frame.path]
+        if ds is None:
+            continue
+        if slide.is_tiled(ds):  # one unit per segment: its tiles make one mask
+            segment = segmentation.frame_segment(ds, frame.frame)
+            units.setdefault((segment or 0, frame.path), []).append(frame)
+        else:
+            units[(len(units), frame.path, frame.frame)] = [frame]
+    ordered = sorted(units) if any(len(k) == 2 for k in units) else list(units)
+    plane = "slide" if ordered and len(ordered[0]) == 2 else series.get("orientation") or "acquired"
+    manifest = []
+    source_decoder = FrameDecoder(study)
+    slide_sources: dict = {}
+    for index in select_indices(len(ordered), selection.count, selection.fractions):
+        unit = units[ordered[index]]
+        first = unit[0]
+        ds = headers[first.path]
+
+        def mask_of(f, ds=ds, first=first):
+            stored = decode_frame(ds, Frame(first.path, f, first.n_frames, None, None))
+            return segmentation.mask_values(stored, ds)
+
+        try:
+            if plane == "slide":
+                stride = slide.stride_for(slide.total_matrix(ds), 4)  # float mask or RGB source
+                numbers = [f.frame for f in unit]
+                masks = (mask_of(f) for f in numbers)
+                mask, _ = slide.assemble_frames(ds, numbers, masks, stride=stride)
+            else:
+                stride, mask = 1, mask_of(first.frame)
+        except Exception as exc:  # noqa: BLE001
+            if not any(e["path"] == first.path for e in errors):
+                errors.append(_undecodable(first.path, exc))
+            continue
+        number = segmentation.frame_segment(ds, first.frame)
+        segment = segmentation.segments(ds).get(number)
+        uid, source_frame = segmentation.frame_source(ds, first.frame)
+        overlay, source_npy = None, None
+        if plane == "slide":
+            if first.path not in slide_sources:
+                slide_sources[first.path] = _slide_source(study, sources, uid, ds, stride)
+            found = slide_sources[first.path]
+            if found is not None and found[0].shape[:2] == mask.shape:
+                overlay = (found[0], found[1], None)
+                uid = uid or found[2].get("SOPInstanceUID")
+        else:
+            row = _source_row(sources, uid, first.xyz)
+            if row is not None:
+                uid = row.get("SOPInstanceUID") or uid
+                overlay = _source_slice(source_decoder, row, source_frame or 0, mask.shape)
+                source_frame = overlay[2] if overlay is not None else source_frame
+        npy = f"slices/{key}/{plane}_{index:04d}.npy"
+        save_npy(mask, results / npy)
+        if overlay is not None:
+            source_npy = f"slices/{key}/{plane}_{index:04d}_source.npy"
+            save_npy(overlay[0], results / source_npy)
+        spacing = geometry.pixel_spacing(ds)
+        window = overlay[1] if overlay is not None else None
+        manifest.append(
+            _record(
+                key,
+                plane,
+                index,
+                len(ordered),
+                npy,
+                mask,
+                source_path=first.path,
+                frame=first.frame if plane != "slide" else None,
+                position_mm=first.position,
+                pixel_spacing_mm=[v * stride for v in spacing] if spacing else None,
+                value_units=segmentation.value_units(ds),
+                photometric=str(ds.get("PhotometricInterpretation") or "MONOCHROME2").strip(),
+                window_center=window[0] if window else None,
+                window_width=window[1] if window else None,
+                voi_lut_function=None,
+                voi_lut_source=None,
+                segment_number=number,
+                segment_label=segment.label if segment else None,
+                segment_rgb=list(segment.rgb if segment else segmentation.palette_colour(1)),
+                source_sop_instance_uid=uid,
+                source_frame=source_frame if uid else None,
+                source_npy_path=source_npy,
+            )
+        )
+    return manifest, errors
+
+
+def save_slide(
+    study: Path, results: Path, series: dict, instances: list[dict]
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """Save the lowest-resolution tiled level of a whole-slide stack, assembled.
+
+    Returns manifest rows (one, plane ``slide``), error rows, and the instances left for
+    the ordinary path: everything that is not a tiled level (LABEL, OVERVIEW, untiled
+    images). Higher-resolution levels are not decoded. A level larger than
+    :data:`slide.MEMORY_BUDGET` is assembled at a stride, with a ``slide_downsampled``
+    warning row.
+    """
+    import pydicom
+
+    headers, rest = [], []
+    for row in sorted(instances, key=lambda r: r["path"]):
+        try:
+            ds = pydicom.dcmread(
+                dicom_io.study_file(study, row["path"]), stop_before_pixels=True, force=True
+            )
+        except Exception:  # noqa: BLE001 - the ordinary path reports it
+            rest.append(row)
+            continue
+        if slide.is_level(ds):
+            headers.append((row, ds))
+        else:
+            rest.append(row)
+    chosen = slide.lowest_level([ds for _, ds in headers])
+    if chosen is None:
+        return [], [], instances
+    row, ds = headers[chosen]
+    key, path = series["series_key"], row["path"]
+    try:
+        frames = slide.first_plane_frames(ds)
+        tiles = level_tiles(study, path, ds, frames)
+        values, stride = slide.assemble_frames(ds, frames, tiles, slide.MEMORY_BUDGET)
+    except Exception as exc:  # noqa: BLE001
+        return [], [_undecodable(path, exc)], rest
+    errors = []
+    if stride > 1:
+        shape = slide.total_matrix(ds)
+        errors.append(
+            {
+                "path": path,
+                "reason": "slide_downsampled",
+                "detail": f"level of {shape[0]} x {shape[1]} pixels saved as {values.shape[0]} x "
+                f"{values.shape[1]} (1 pixel in {stride} along rows and columns) to stay within "
+                f"{slide.MEMORY_BUDGET / 2**20:g} MiB",
+                "severity": "warning",
+                "stage": "save_slices",
+            }
+        )
+    npy = f"slices/{key}/slide_0000.npy"
+    save_npy(values, results / npy)
+    spacing = geometry.pixel_spacing(ds)
+    window = rendering.header_window(ds, 0)
+    colour = values.ndim == 3
+    record = _record(
+        key,
+        "slide",
+        0,
+        1,
+        npy,
+        values,
+        source_path=path,
+        frame=None,
+        position_mm=None,
+        pixel_spacing_mm=[v * stride for v in spacing] if spacing else None,
+        value_units="RGB" if colour else rendering.value_units(ds),
+        photometric="RGB" if colour else str(ds.get("PhotometricInterpretation", "")).strip(),
+        window_center=window[0] if window else None,
+        window_width=window[1] if window else None,
+        **voi_facts(ds, None),
+    )
+    return [record], errors, rest
+
+
 def save_series(
     study: Path,
     results: Path,
@@ -379,13 +656,26 @@ def save_series(
     instances: list[dict],
     selection: Selection,
     volume_settings: volumes.VolumeSettings = volumes.VOLUMES_OFF,
+    sources: Sequence[dict] = (),
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """Save the selected slices (and the volume) of one series; returns manifest rows,
     error rows and ``volumes.parquet`` rows.
 
     Only the chosen frames are decoded, unless a reformatted plane or a volume is asked
-    for: then the whole stack is decoded once and the slices are taken from it.
+    for: then the whole stack is decoded once and the slices are taken from it. A SEG
+    saves its masks (``sources``: the instances it was drawn on, for overlays); a
+    whole-slide stack saves its lowest tiled level assembled, then its other images.
     """
+    if series.get("Modality") == "SEG":
+        manifest, errors = save_segmentation(
+            study, results, series, instances, list(sources), selection
+        )
+        return manifest, errors, []
+    slide_rows, slide_errors = [], []
+    if series.get("Modality") == "SM":
+        slide_rows, slide_errors, instances = save_slide(study, results, series, instances)
+        if not instances:
+            return slide_rows, slide_errors, []
     orientation = series.get("ImageOrientationPatient")
     frames = stack_frames(instances, orientation)
     acquired, acquired_wanted, reformats = planes_to_save(series, selection)
@@ -481,15 +771,22 @@ def save_series(
                         **voi_facts(ds, None),
                     )
                 )
-    return manifest, errors, volume_rows
+    return slide_rows + manifest, slide_errors + errors, volume_rows
+
+
+def saved_arrays(row: dict) -> list[str]:
+    """The .npy files of one manifest row: the slice, and a SEG mask's source slice."""
+    return [p for p in (row["npy_path"], row.get("source_npy_path")) if p]
 
 
 def read_instances(path, keys: Sequence[str] | None = None) -> list[dict]:
-    """Work-list rows of the series ``keys`` (all when None). ``instances.parquet`` serves
-    too (it has no frame-group columns: each instance is taken whole).
+    """Work-list rows of the series ``keys`` (all when None), with a SEG's source images.
+    ``instances.parquet`` serves too (it has no frame-group columns: each instance is
+    taken whole).
     """
     available = set(pq.read_schema(path).names)
-    columns = [c for c in INSTANCE_COLUMNS if c in available]
+    wanted = [*INSTANCE_COLUMNS, *merge_metadata.SEG_SOURCE_COLUMNS]  # the last: SEG batches
+    columns = [c for c in wanted if c in available]
     filters = None if keys is None else [("series_key", "in", list(keys))]
     return pq.read_table(path, columns=columns, filters=filters).to_pylist()
 
@@ -510,28 +807,39 @@ def save_batch(
     keys = [s["series_key"] for s in series]
     rows = read_instances(instances_path, keys) if keys else []
     by_key: dict[str, list[dict]] = {}
+    seg_sources: dict[str, list[dict]] = {}
     for row in rows:
-        by_key.setdefault(row["series_key"], []).append(row)
+        target = seg_sources if row.get("seg_source") else by_key
+        target.setdefault(row["series_key"], []).append(row)
     manifest, errors, volume_rows = [], [], []
     cache_dir = results / "_work" / "cache" / "save_slices"
     reused = 0
     for record in sorted(series, key=lambda s: s["series_key"]):
         key, inputs = record["series_key"], by_key.get(record["series_key"], [])
-        sources = series_cache.stamps(dicom_io.study_file(study, r["path"]) for r in inputs)
+        drawn_on = seg_sources.get(key, [])  # a SEG's source images
+        sources = series_cache.stamps(
+            dicom_io.study_file(study, r["path"]) for r in inputs + drawn_on
+        )
         facts = {k: v for k, v in record.items() if k != "batch"}  # the batch may renumber
-        expected = series_cache.fingerprint(facts, inputs, sources, selection, volume_settings)
+        expected = series_cache.fingerprint(
+            facts, inputs, sources, selection, volume_settings, *([drawn_on] if drawn_on else [])
+        )
         hit = series_cache.load(cache_dir, key, expected)
         outputs = (
-            [r["npy_path"] for r in hit["m"]] + [r["path"] for r in hit.get("v", [])] if hit else []
+            [p for r in hit["m"] for p in saved_arrays(r)] + [r["path"] for r in hit.get("v", [])]
+            if hit
+            else []
         )
         arrays = series_cache.stamps(results / p for p in outputs) if hit else None
         if arrays is not None:  # every array still there (a series may have none)
             m, e, v = hit["m"], hit["e"], hit.get("v", [])
             reused += 1
         else:
-            m, e, v = save_series(study, results, record, inputs, selection, volume_settings)
+            m, e, v = save_series(
+                study, results, record, inputs, selection, volume_settings, drawn_on
+            )
             series_cache.store(cache_dir, key, expected, {"m": m, "e": e, "v": v})
-        keep = {Path(row["npy_path"]).name for row in m}
+        keep = {Path(p).name for row in m for p in saved_arrays(row)}
         table_schema.remove_stale(results / "slices" / key, keep, ".npy")
         volumes.remove_stale(results, key, {row["path"] for row in v})
         manifest += m

@@ -242,9 +242,22 @@ MANIFEST_SCHEMA = pa.schema(
         ("voi_lut_source", pa.string()),
         ("rows", pa.int64()),
         ("columns", pa.int64()),
+        ("segment_number", pa.int64()),
+        ("segment_label", pa.string()),
+        ("segment_rgb", pa.list_(pa.int64())),
+        ("source_sop_instance_uid", pa.string()),
+        ("source_frame", pa.int64()),
+        ("source_npy_path", pa.string()),
     ]
 )
-"""``_work/slices/batch_N.parquet``: one row per saved slice (a batch's manifest)."""
+"""``_work/slices/batch_N.parquet``: one row per saved slice (a batch's manifest).
+
+SEG rows (null elsewhere): ``segment_number``, ``segment_label`` and ``segment_rgb`` (the
+display colour, sRGB 0–255) of the mask; ``source_sop_instance_uid`` and ``source_frame``
+(0-based) of the image it was drawn on; ``source_npy_path``, that image's slice saved for
+the overlay when it is in the study (then ``window_center``/``window_width`` are its
+header window). ``source_path`` and ``frame`` are always the saved slice's own file.
+"""
 
 THUMBNAILS_SCHEMA = pa.schema(
     [

@@ -133,6 +133,28 @@ class TestSampleEvenly:
         assert items == MR_FILES
 
 
+class TestTileLabel:
+    BASE = {"plane": "axial", "index": 1, "n_in_plane": 3, "position_mm": 104.27}
+
+    def test_a_slice_is_labelled_by_plane_and_position(self):
+        assert make_contact_sheets.tile_label(self.BASE) == "axial +104.3 mm  #2/3"
+
+    def test_a_seg_mask_is_labelled_by_its_segment_label(self):
+        row = {**self.BASE, "segment_number": 2, "segment_label": "second segment"}
+        assert make_contact_sheets.tile_label(row) == "second segment +104.3 mm  #2/3"
+
+    def test_a_segment_without_label_is_named_by_number_and_long_labels_are_cut(self):
+        row = {**self.BASE, "segment_number": 7, "segment_label": None, "position_mm": None}
+        assert make_contact_sheets.tile_label(row) == "segment 7  #2/3"
+        row["segment_label"] = "left lower lobe of the lung, posterior"
+        label = make_contact_sheets.tile_label(row)
+        assert label == "left lower lobe of the …  #2/3"
+
+    def test_an_assembled_slide_is_labelled_by_its_size(self):
+        row = {"plane": "slide", "index": 0, "n_in_plane": 1, "rows": 25, "columns": 40}
+        assert make_contact_sheets.tile_label(row) == "slide 40 × 25 px"
+
+
 class TestSheetTitle:
     @pytest.mark.parametrize(
         "fact",
