@@ -21,9 +21,9 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels import pixel_array
-from pydicom.pixels.decoders.base import DecodeRunner
 from pydicom.pixels.encoders import RLELosslessEncoder
 from pydicom.uid import JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1, RLELossless
+from test_decoding import plugin_spy
 
 import demo
 import dicom_io
@@ -56,16 +56,7 @@ def pipeline_frames(path: Path) -> tuple[list[np.ndarray], list[str]]:
     """Every frame as ``save_slices`` decodes it, and the plugin that decoded each."""
     ds = dicom_io.read_for_pixels(path)
     n = int(ds.get("NumberOfFrames") or 1)
-    used: list[str] = []
-    original = DecodeRunner._decode_frame
-
-    def spy(runner, src):
-        frame = original(runner, src)
-        used.append(runner._previous[0])
-        return frame
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(DecodeRunner, "_decode_frame", spy)
+    with plugin_spy() as used:
         frames = [
             save_slices.decode_frame(ds, save_slices.Frame(str(path), i, n, None, None))
             for i in range(n)
@@ -265,25 +256,25 @@ class TestDeflatedImageFrameCompression:
             pipeline_frames(path)
 
 
+def rle_one_byte_per_pixel(mask: np.ndarray) -> bytes:
+    """One frame of 0/1 values RLE-encoded one byte per pixel in one segment (CP-2301), by
+    pydicom's RLE encoder."""
+    return RLELosslessEncoder.encode(
+        mask.astype(np.uint8),
+        rows=int(mask.shape[0]),
+        columns=int(mask.shape[1]),
+        samples_per_pixel=1,
+        bits_allocated=8,
+        bits_stored=8,
+        pixel_representation=0,
+        photometric_interpretation="MONOCHROME2",
+        number_of_frames=1,
+    )
+
+
 def cp2301_rle_frames(path: Path) -> list[bytes]:
-    """RLE frames of a native binary SEG, one byte per pixel in one segment (CP-2301),
-    written by pydicom's RLE encoder."""
-    frames = native_frames(path).astype(np.uint8)
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return [
-        RLELosslessEncoder.encode(
-            frame,
-            rows=int(ds.Rows),
-            columns=int(ds.Columns),
-            samples_per_pixel=1,
-            bits_allocated=8,
-            bits_stored=8,
-            pixel_representation=0,
-            photometric_interpretation="MONOCHROME2",
-            number_of_frames=1,
-        )
-        for frame in frames
-    ]
+    """RLE frames of a native binary SEG, one byte per pixel in one segment (CP-2301)."""
+    return [rle_one_byte_per_pixel(frame) for frame in native_frames(path)]
 
 
 class TestSingleBitRle:
@@ -313,17 +304,7 @@ class TestSingleBitRle:
 
     def test_segment_of_the_wrong_length_raises(self, tmp_path):
         frames = cp2301_rle_frames(LIVER)
-        short = RLELosslessEncoder.encode(
-            np.zeros((256, 512), np.uint8),
-            rows=256,
-            columns=512,
-            samples_per_pixel=1,
-            bits_allocated=8,
-            bits_stored=8,
-            pixel_representation=0,
-            photometric_interpretation="MONOCHROME2",
-            number_of_frames=1,
-        )
+        short = rle_one_byte_per_pixel(np.zeros((256, 512), np.uint8))
         path = with_frames(LIVER, tmp_path / "short.dcm", [short, *frames[1:]], RLELossless)
 
         with pytest.raises(RuntimeError, match="single-bit frame needs"):
