@@ -1,6 +1,6 @@
 """Pixel decoders pydicom 3.0.2 lacks, added through its decoder plugin mechanism.
 
-Three things no permissively licensed plugin of pydicom 3.0.2 decodes:
+Four things no permissively licensed plugin of pydicom 3.0.2 decodes:
 
 - **12-bit JPEG Extended** (1.2.840.10008.1.2.4.51) and **lossless JPEG** of any
   precision (1.2.840.10008.1.2.4.57 and .4.70): pydicom's gdcm and Pillow plugins refuse
@@ -11,6 +11,9 @@ Three things no permissively licensed plugin of pydicom 3.0.2 decodes:
   DICOM Supplement 244): each frame is its own fragment, the frame's native little-endian
   pixel bytes (1-bit frames bit-packed, each starting on a byte boundary) compressed with
   raw Deflate (RFC 1951, no zlib header). pydicom 3.0.2 does not know the UID at all.
+- **JPEG XL** (1.2.840.10008.1.2.4.110 lossless, .111 JPEG recompression, .112, DICOM
+  Supplement 232): one JPEG XL codestream per frame; pydicom 3.0.2 knows none of the
+  three UIDs. ``imagecodecs`` decodes them (libjxl).
 - **RLE Lossless with Bits Allocated 1** (binary SEG): per CP-2301 each pixel is one byte
   (0 or 1) of a single RLE segment, Rows x Columns bytes long; pylibjpeg-rle reads that
   layout, and this plugin is its fallback. Files written by pydicom's first single-bit
@@ -36,6 +39,16 @@ DEFLATED_IMAGE_FRAME_COMPRESSION = uid.UID("1.2.840.10008.1.2.8.1")
 IMAGECODECS_SYNTAXES = (uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1)
 """JPEG syntaxes that get ``imagecodecs`` as their last decoding plugin."""
 
+JPEG_XL_SYNTAXES = {
+    uid.UID("1.2.840.10008.1.2.4.110"): ("JPEG XL Lossless", "JPEGXLLossless"),
+    uid.UID("1.2.840.10008.1.2.4.111"): (
+        "JPEG XL JPEG Recompression",
+        "JPEGXLJPEGRecompression",
+    ),
+    uid.UID("1.2.840.10008.1.2.4.112"): ("JPEG XL", "JPEGXL"),
+}
+"""JPEG XL transfer syntaxes (DICOM 2024c, Supplement 232): name and keyword."""
+
 _PLUGIN = "pixel_decoders"
 """Label of this module's plugin for Deflated Image Frame Compression and 1-bit RLE."""
 
@@ -45,6 +58,7 @@ DECODER_DEPENDENCIES = {
     uid.JPEGLosslessSV1: ("numpy", "imagecodecs"),
     uid.RLELossless: ("numpy",),
     DEFLATED_IMAGE_FRAME_COMPRESSION: ("numpy",),
+    **{syntax: ("numpy", "imagecodecs") for syntax in JPEG_XL_SYNTAXES},
 }
 """What each syntax needs (pydicom's plugin interface lists it for unavailable plugins)."""
 
@@ -54,13 +68,14 @@ def is_available(syntax: str) -> bool:
 
     Looks for ``imagecodecs`` without importing it.
     """
-    if syntax in IMAGECODECS_SYNTAXES:
+    if syntax in IMAGECODECS_SYNTAXES or syntax in JPEG_XL_SYNTAXES:
         return importlib.util.find_spec("imagecodecs") is not None
     return syntax in (uid.RLELossless, DEFLATED_IMAGE_FRAME_COMPRESSION)
 
 
 def register_transfer_syntax() -> None:
-    """Make pydicom know Deflated Image Frame Compression as an encapsulated syntax.
+    """Make pydicom know Deflated Image Frame Compression and JPEG XL as encapsulated
+    syntaxes.
 
     pydicom 3.0.2 reads such a file, but its ``UID`` says the value is no transfer
     syntax, so nothing can ask whether the pixel data is encapsulated or decode it. The
@@ -76,6 +91,8 @@ def register_transfer_syntax() -> None:
             "DeflatedImageFrameCompression",
         ),
     )
+    for syntax, (name, keyword) in JPEG_XL_SYNTAXES.items():
+        UID_dictionary.setdefault(syntax, (name, "Transfer Syntax", "", "", keyword))
 
 
 def register() -> None:
@@ -93,12 +110,19 @@ def register() -> None:
     for syntax in IMAGECODECS_SYNTAXES:
         _add(base.get_decoder(syntax), "imagecodecs", "decode_jpeg_frame")
     _add(base.get_decoder(uid.RLELossless), _PLUGIN, "decode_rle_frame")
-    decoder = base._PIXEL_DATA_DECODERS.get(DEFLATED_IMAGE_FRAME_COMPRESSION, (None,))[0]
-    if decoder is None:
-        decoder = base.Decoder(DEFLATED_IMAGE_FRAME_COMPRESSION)
-        base._PIXEL_DATA_DECODERS[DEFLATED_IMAGE_FRAME_COMPRESSION] = (decoder, "3.1")
-    _add(decoder, _PLUGIN, "decode_deflated_frame")
+    _add(_decoder_for(base, DEFLATED_IMAGE_FRAME_COMPRESSION), _PLUGIN, "decode_deflated_frame")
+    for syntax in JPEG_XL_SYNTAXES:
+        _add(_decoder_for(base, syntax), "imagecodecs", "decode_jpeg_xl_frame")
     _registered = True
+
+
+def _decoder_for(base, syntax: uid.UID):
+    """The decoder pydicom uses for ``syntax``, made (and listed) when it has none."""
+    decoder = base._PIXEL_DATA_DECODERS.get(syntax, (None,))[0]
+    if decoder is None:
+        decoder = base.Decoder(syntax)
+        base._PIXEL_DATA_DECODERS[syntax] = (decoder, "3.1")
+    return decoder
 
 
 _registered = False
@@ -230,4 +254,24 @@ def decode_jpeg_frame(src: bytes, runner) -> bytes:
         raise ValueError(f"decoded JPEG frame has shape {arr.shape}, expected {expected}")
     itemsize = 1 if runner.bits_allocated <= 8 else 2
     runner.set_option("bits_allocated", itemsize * 8)
+    return np.ascontiguousarray(arr, dtype=f"<u{itemsize}").tobytes()
+
+
+def decode_jpeg_xl_frame(src: bytes, runner) -> bytes:
+    """Pydicom plugin: one JPEG XL frame (any of the three syntaxes), by ``imagecodecs``.
+
+    Grey frames come back as (rows, columns), colour ones as (rows, columns, samples),
+    pixel-interleaved, which is what pydicom expects of a decoded frame.
+    """
+    import imagecodecs
+    import numpy as np
+
+    arr = imagecodecs.jpegxl_decode(src)
+    expected = (runner.rows, runner.columns)
+    if arr.shape[:2] != expected or arr.size != _pixels(runner):
+        raise ValueError(f"decoded JPEG XL frame has shape {arr.shape}, expected {expected}")
+    itemsize = 1 if runner.bits_allocated <= 8 else 2
+    runner.set_option("bits_allocated", itemsize * 8)
+    if runner.samples_per_pixel > 1:
+        runner.set_option("planar_configuration", 0)
     return np.ascontiguousarray(arr, dtype=f"<u{itemsize}").tobytes()

@@ -256,6 +256,82 @@ class TestDeflatedImageFrameCompression:
             pipeline_frames(path)
 
 
+JPEG_XL_LOSSLESS = "1.2.840.10008.1.2.4.110"
+
+
+class TestJpegXl:
+    @pytest.mark.parametrize(
+        "name",
+        [
+            pytest.param("CT_small.dcm", id="ct_16_bit_signed"),
+            pytest.param("MR_small.dcm", id="mr_16_bit_signed"),
+            pytest.param("SC_rgb_small_odd.dcm", id="rgb_3x3_odd_length"),
+            pytest.param("examples_rgb_color.dcm", id="ultrasound_8_bit_rgb"),
+        ],
+    )
+    def test_lossless_frames_decode_to_the_original_pixels(self, name, tmp_path):
+        import imagecodecs
+
+        source = wheel_file(name)
+        original = native_frames(source)
+        unsigned = original.view(f"u{original.dtype.itemsize}")  # JPEG XL codes unsigned
+        frames = [imagecodecs.jpegxl_encode(f, lossless=True) for f in unsigned]
+        path = with_frames(source, tmp_path / name, frames, JPEG_XL_LOSSLESS)
+
+        decoded, plugins = pipeline_frames(path)
+
+        assert set(plugins) == {"imagecodecs"}
+        np.testing.assert_array_equal(np.stack(decoded), original)
+
+    def test_ct_values_are_hounsfield_units_after_the_rescale(self, tmp_path):
+        import imagecodecs
+
+        source = wheel_file("CT_small.dcm")
+        (frame,) = native_frames(source).view(np.uint16)
+        path = with_frames(
+            source,
+            tmp_path / "ct.dcm",
+            [imagecodecs.jpegxl_encode(frame, lossless=True)],
+            JPEG_XL_LOSSLESS,
+        )
+        ds = dicom_io.read_for_pixels(path)
+        stored = save_slices.decode_frame(ds, save_slices.Frame(str(path), 0, 1, None, None))
+        values, units, _ = save_slices.slice_values(stored, ds, 0)
+
+        reference = pydicom.dcmread(source)
+        assert units == "HU"
+        expected = reference.pixel_array * float(reference.RescaleSlope) + float(
+            reference.RescaleIntercept
+        )
+        np.testing.assert_array_equal(values, expected.astype(np.float32))
+
+    def test_header_reads_see_an_encapsulated_syntax(self, tmp_path):
+        import imagecodecs
+
+        source = wheel_file("MR_small.dcm")
+        frames = [
+            imagecodecs.jpegxl_encode(f, lossless=True)
+            for f in native_frames(source).view(np.uint16)
+        ]
+        path = with_frames(source, tmp_path / "mr.dcm", frames, JPEG_XL_LOSSLESS)
+
+        header = dicom_io.read_header(path)
+        syntax = header.dataset.file_meta.TransferSyntaxUID
+        assert syntax.name == "JPEG XL Lossless" and syntax.is_encapsulated
+        assert header.has_pixels and header.warnings == []
+        fast = fast_header.read_header_fast(path)
+        assert fast is not None and fast[0].has_pixels and fast[0].warnings == []
+
+    def test_a_corrupt_codestream_raises(self, tmp_path):
+        source = wheel_file("MR_small.dcm")
+        path = with_frames(
+            source, tmp_path / "bad.dcm", [b"\xff\x0a" + b"\0" * 64], JPEG_XL_LOSSLESS
+        )
+
+        with pytest.raises(RuntimeError):
+            pipeline_frames(path)
+
+
 def rle_one_byte_per_pixel(mask: np.ndarray) -> bytes:
     """One frame of 0/1 values RLE-encoded one byte per pixel in one segment (CP-2301), by
     pydicom's RLE encoder."""
