@@ -332,6 +332,21 @@ class TestJpegXl:
             pipeline_frames(path)
 
 
+def test_htj2k_lossless_decodes_through_pydicoms_own_plugins(tmp_path):
+    """High-Throughput JPEG 2000 needs nothing of ours: pylibjpeg-openjpeg decodes it."""
+    import imagecodecs
+
+    source = wheel_file("CT_small.dcm")
+    (frame,) = native_frames(source)
+    encoded = imagecodecs.htj2k_encode(frame, level=0)  # level 0: reversible
+    path = with_frames(source, tmp_path / "ct.dcm", [encoded], "1.2.840.10008.1.2.4.201")
+
+    (decoded,), plugins = pipeline_frames(path)
+
+    assert plugins == ["pylibjpeg"]
+    np.testing.assert_array_equal(decoded, frame)
+
+
 def rle_one_byte_per_pixel(mask: np.ndarray) -> bytes:
     """One frame of 0/1 values RLE-encoded one byte per pixel in one segment (CP-2301), by
     pydicom's RLE encoder."""
