@@ -36,9 +36,9 @@ def _item(sequence, keyword: str):
     return inner[0] if inner else None
 
 
-def _number(value):
+def _number(value, digits: int = 4):
     try:
-        return round(float(value), 4)
+        return round(float(value), digits)
     except (TypeError, ValueError):
         return None
 
@@ -58,9 +58,11 @@ def _frame_facts(frame, shared) -> tuple:
     return (
         str(content.get("StackID") or "") if content else "",
         content.get("TemporalPositionIndex") if content else None,
-        _number(diffusion.get("DiffusionBValue")) if diffusion else None,
-        tuple(_number(v) for v in vector) if vector else None,
-        _number(echo.get("EffectiveEchoTime")) if echo else None,
+        # rounded so that per-slice jitter of a nominal value does not split a volume:
+        # b-values to 1 s/mm², directions to 0.001, echo times to 0.01 ms
+        _number(diffusion.get("DiffusionBValue"), 0) if diffusion else None,
+        tuple(_number(v, 3) for v in vector) if vector else None,
+        _number(echo.get("EffectiveEchoTime"), 2) if echo else None,
         segment.get("ReferencedSegmentNumber") if segment else None,
     )
 
