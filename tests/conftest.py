@@ -55,7 +55,10 @@ SECONDS = {
     "test_incremental.py::TestReruns::test_a_removed": 28,
     "test_resilience.py::TestKillAndResume::test_a_job_killed_at": 38,
     "test_fast_header.py::test_fast_path_equals_the_reference_on_every_shared": 23,
+    "test_seg_sm_workflow.py::": 40,
+    "test_multiframe.py::": 28,
     "test_privacy.py::TestPseudonymizeMode": 18,
+    "test_pixel_decoders.py::": 15,
     "test_resilience.py::TestDeterminism": 16,
     "demo_run": 15,  # the run itself
     "test_workflow.py::TestAwkwardFileNames": 11,

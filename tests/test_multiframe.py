@@ -240,3 +240,107 @@ def test_grouping_rows_of_a_plain_object_stay_one_row():
     rows = merge_metadata.frame_group_rows({"path": "x", "NumberOfFrames": 32}, ds)
     assert len(rows) == 1 and rows[0].get("frames") is None
     assert rows[0]["frame_positions"].shape == (32, 3)
+
+
+SHARED_PHILIPS_DTI = SHARED_MOSAICS.parent / "Philips_Achieva_DTI"
+
+
+def enhanced_diffusion(target: Path) -> int:
+    """Repackage the 680 classic Philips DTI slices (40 positions × 17 volumes) as one
+    Enhanced MR object, as a scanner exporting enhanced DWI would: b-value and gradient
+    direction in each frame's MRDiffusionSequence, no DimensionIndexSequence, frames in
+    InstanceNumber order (volumes interleaved by acquisition). Returns the frame count.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    def item(**elements) -> Dataset:
+        ds = Dataset()
+        for keyword, value in elements.items():
+            setattr(ds, keyword, value)
+        return ds
+
+    slices = sorted(
+        (pydicom.dcmread(p) for p in SHARED_PHILIPS_DTI.iterdir()), key=lambda s: s.InstanceNumber
+    )
+    first = slices[0]
+    ds = Dataset()
+    for keyword in ("StudyInstanceUID", "StudyDate", "Modality", "Manufacturer"):
+        setattr(ds, keyword, first.get(keyword))
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4.1", generate_uid()
+    ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = generate_uid(), 7, "dti enh"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "DIFFUSION", "NONE"]
+    ds.Rows, ds.Columns, ds.NumberOfFrames = first.Rows, first.Columns, len(slices)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.SharedFunctionalGroupsSequence = [
+        item(
+            PixelMeasuresSequence=[
+                item(PixelSpacing=first.PixelSpacing, SliceThickness=first.SliceThickness)
+            ],
+            PlaneOrientationSequence=[item(ImageOrientationPatient=first.ImageOrientationPatient)],
+            PixelValueTransformationSequence=[
+                item(
+                    RescaleIntercept=first.RescaleIntercept,
+                    RescaleSlope=first.RescaleSlope,
+                    RescaleType="US",
+                )
+            ],
+        )
+    ]
+    ds.PerFrameFunctionalGroupsSequence = [
+        item(
+            PlanePositionSequence=[item(ImagePositionPatient=s.ImagePositionPatient)],
+            MRDiffusionSequence=[
+                item(
+                    DiffusionBValue=float(s.DiffusionBValue),
+                    DiffusionGradientDirectionSequence=[
+                        item(DiffusionGradientOrientation=s.DiffusionGradientOrientation)
+                    ],
+                )
+            ],
+            FrameVOILUTSequence=[item(WindowCenter=s.WindowCenter, WindowWidth=s.WindowWidth)],
+        )
+        for s in slices
+    ]
+    ds.PixelData = np.stack([s.pixel_array for s in slices]).astype("<u2").tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(target, enforce_file_format=True)
+    return len(slices)
+
+
+@pytest.mark.slow
+def test_an_enhanced_diffusion_object_gives_the_volumes_of_its_classic_series(tmp_path):
+    """One 680-frame enhanced DWI object → 17 stacks of 40 slices, each volume identical
+    (voxels and affine) to one volume of the same slices as 680 classic files, whose
+    volumes test_volumes checks against dcm2niix."""
+    if not SHARED_PHILIPS_DTI.is_dir():
+        pytest.skip("../shared/data/vendor-mr is not beside the project")
+    study = tmp_path / "study"
+    study.mkdir()
+    assert enhanced_diffusion(study / "dti_enhanced.dcm") == 680
+    shutil.copytree(SHARED_PHILIPS_DTI, study / "classic")
+    metadata = index_study(study, tmp_path / "metadata")
+    out = run_batches(study, metadata, tmp_path / "results")
+    series = pq.read_table(metadata["series"]).to_pylist()
+    enhanced = [s for s in series if s["SeriesDescription"] == "dti enh"]
+    classic = [s for s in series if s["SeriesDescription"] == "dti_ax"]
+    assert len(enhanced) == len(classic) == 17
+    assert {(s["n_instances"], s["n_frames"], s["is_volume"]) for s in enhanced} == {(1, 40, True)}
+
+    def volume(key: str) -> tuple[np.ndarray, np.ndarray]:
+        (row,) = [r for r in out["volumes"] if r["series_key"] == key]
+        return canonical(tmp_path / "results" / row["path"])
+
+    theirs = [volume(s["series_key"]) for s in classic]
+    matched = set()
+    for s in enhanced:
+        affine, data = volume(s["series_key"])
+        same = [i for i, (_, d) in enumerate(theirs) if np.array_equal(d, data)]
+        assert len(same) == 1, f"{s['series_key']}: {len(same)} classic volumes equal it"
+        np.testing.assert_allclose(affine, theirs[same[0]][0], atol=1e-6)
+        matched.add(same[0])
+    assert len(matched) == 17
