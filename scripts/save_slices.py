@@ -33,6 +33,7 @@ import geometry
 import merge_metadata
 import multiframe
 import pixel_decoders
+import privacy
 import rendering
 import segmentation
 import series_cache
@@ -563,7 +564,10 @@ def save_segmentation(
                 voi_lut_function=None,
                 voi_lut_source=None,
                 segment_number=number,
-                segment_label=segment.label if segment else None,
+                # a label repeating the patient's name or ID is left out (privacy)
+                segment_label=privacy.blank_identifying(
+                    segment.label if segment else None, series.get("patient_identifiers") or ()
+                ),
                 segment_rgb=list(segment.rgb if segment else segmentation.palette_colour(1)),
                 source_sop_instance_uid=uid,
                 source_frame=source_frame if uid else None,

@@ -87,8 +87,18 @@ class Segment:
 
 
 def palette_colour(number: int) -> tuple[int, int, int]:
-    """The fixed palette's colour for segment ``number`` (1-based, cycling)."""
-    return PALETTE[(max(int(number), 1) - 1) % len(PALETTE)]
+    """The fixed colour of segment ``number`` (1-based): :data:`PALETTE`, then, for
+    segments past it, hues a golden angle apart (no two segments of a large SEG share a
+    colour, and the colours do not depend on which segments are present).
+    """
+    number = max(int(number), 1)
+    if number <= len(PALETTE):
+        return PALETTE[number - 1]
+    import colorsys
+
+    hue = ((number - len(PALETTE)) * 0.6180339887) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.75, 0.95)
+    return (round(r * 255), round(g * 255), round(b * 255))
 
 
 def segments(ds) -> dict[int, Segment]:

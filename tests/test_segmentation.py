@@ -81,6 +81,13 @@ class TestSegments:
         assert rgb[0] >= 254 and rgb[1] <= 1 and rgb[2] <= 1
 
 
+def test_a_hundred_segments_without_colours_get_a_hundred_distinct_colours():
+    colours = [segmentation.palette_colour(n) for n in range(1, 101)]
+    assert colours[:12] == list(segmentation.PALETTE)
+    assert len(set(colours)) == 100
+    assert segmentation.palette_colour(40) == segmentation.palette_colour(40)  # fixed
+
+
 class TestFrameSegment:
     def test_per_frame_referenced_segment_number_is_read_frame_by_frame(self):
         ds = pydicom.dcmread(SEG_OVERLAP)
@@ -210,6 +217,24 @@ class TestSegmentationSteps:
         assert {r["segment_label"] for r in rows} == {"first segment", "second segment"}
         assert all(r["source_sop_instance_uid"] for r in rows)
         assert all(r["value_units"] == "mask" for r in rows)
+
+
+def test_a_segment_label_repeating_the_patient_id_is_left_out(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    ds = pydicom.dcmread(SEG_BINARY)
+    ds.SegmentSequence[0].SegmentLabel = str(ds.PatientID)  # "77654033"
+    ds.save_as(study / "seg.dcm")
+    paths = steps.index_study(study, tmp_path / "work")
+    manifest = tmp_path / "manifest.parquet"
+    args = ["--study", str(study), "--results", str(tmp_path / "results"), "--batch", "0"]
+    args += ["--instances", str(paths["batches"] / "batch_0.instances.parquet")]
+    args += ["--series", str(paths["batches"] / "batch_0.series.parquet")]
+    args += ["--manifest", str(manifest), "--errors", str(tmp_path / "errors.parquet")]
+    assert save_slices.main(args) == 0
+    rows = pq.read_table(manifest).to_pylist()
+    assert len(rows) == 3 and {r["segment_number"] for r in rows} == {1}
+    assert {r["segment_label"] for r in rows} == {None}
 
 
 @pytest.fixture(scope="module")
