@@ -167,13 +167,15 @@ def write_preview(source: Path, target: Path, size: int = PREVIEW_SIZE) -> None:
     """Scale a thumbnail PNG down to ``size`` pixels on its longest side (never up)."""
     from PIL import Image
 
+    from rendering import PNG_COMPRESS_LEVEL
+
     with Image.open(source) as image:
         image.load()
         scaled = image.copy()
     scaled.thumbnail((size, size), Image.Resampling.LANCZOS)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    scaled.save(tmp, format="PNG")
+    scaled.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     os.replace(tmp, target)
 
 

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from matplotlib.ft2font import FT2Font, LoadFlags
 
 import privacy
+import rendering
 import series_cache
 import table_schema
 
@@ -230,10 +231,7 @@ def draw_sheet(series: dict, tiles: list[tuple], target: Path) -> None:
         )
     if all(image.ndim == 2 for image, _ in tiles):
         canvas = np.ascontiguousarray(canvas[:, :, 0])  # grey tiles, neutral text: one channel
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp.png")
-    iio.imwrite(tmp, canvas, extension=".png", compress_level=3)
-    os.replace(tmp, target)
+    rendering.write_png(canvas, target)
 
 
 def link_into(target: Path, folder: Path) -> None:

@@ -12,12 +12,10 @@ import lean_imports  # noqa: F401 - first: keeps unused packages out of this pro
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -101,12 +99,7 @@ def render_segment(
     return segmentation.draw_mask(scaled, row["segment_rgb"], background), window
 
 
-def write_png(image: np.ndarray, target: Path) -> None:
-    """Write a PNG atomically; Pillow's PNG writer adds no timestamp, so bytes are stable."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    iio.imwrite(tmp, image, extension=".png")
-    os.replace(tmp, target)
+write_png = rendering.write_png
 
 
 def voi_lut_header(study: Path | None, row: dict):
