@@ -159,8 +159,8 @@ def _csa_bytes(ds) -> bytes | None:
     return None
 
 
-def mosaic_tiles(ds) -> int | None:
-    """NumberOfImagesInMosaic from the CSA header of a MOSAIC image, else None."""
+def mosaic_csa(ds) -> dict | None:
+    """The parsed CSA image header of a MOSAIC image, else None (read once per header)."""
     if "MOSAIC" not in [str(v).upper() for v in (ds.get("ImageType") or [])]:
         return None
     raw = _csa_bytes(ds)
@@ -170,23 +170,32 @@ def mosaic_tiles(ds) -> int | None:
         warnings.simplefilter("ignore")
         from nibabel.nicom import csareader  # about 0.5 s to import: only for mosaics
     try:
-        n = csareader.get_n_mosaic(csareader.read(raw))
+        return csareader.read(raw)
     except Exception:  # noqa: BLE001 - a broken CSA header: not a usable mosaic
+        return None
+
+
+def mosaic_tiles(csa: dict | None) -> int | None:
+    """NumberOfImagesInMosaic of a parsed CSA header (:func:`mosaic_csa`), else None."""
+    from nibabel.nicom import csareader
+
+    try:
+        n = csareader.get_n_mosaic(csa) if csa else None
+    except Exception:  # noqa: BLE001 - a malformed entry: not a usable mosaic
         return None
     return int(n) if n and int(n) > 1 else None
 
 
-def _slice_normal(raw: bytes | None, orientation) -> np.ndarray:
+def _slice_normal(csa: dict, orientation) -> np.ndarray:
     """CSA SliceNormalVector (the order of the tiles), else the cross product."""
-    if raw is not None:
-        from nibabel.nicom import csareader
+    from nibabel.nicom import csareader
 
-        try:
-            normal = csareader.get_slice_normal(csareader.read(raw))
-        except Exception:  # noqa: BLE001
-            normal = None
-        if normal is not None and np.linalg.norm(normal) > 0.5:
-            return np.asarray(normal, dtype=float) / np.linalg.norm(normal)
+    try:
+        normal = csareader.get_slice_normal(csa)
+    except Exception:  # noqa: BLE001
+        normal = None
+    if normal is not None and np.linalg.norm(normal) > 0.5:
+        return np.asarray(normal, dtype=float) / np.linalg.norm(normal)
     return geometry.slice_normal(orientation)
 
 
@@ -198,7 +207,8 @@ def mosaic_layout(ds) -> Mosaic | None:
     nibabel and dcm2niix do); further slices follow along the CSA slice normal at
     SpacingBetweenSlices (else SliceThickness).
     """
-    n = mosaic_tiles(ds)
+    csa = mosaic_csa(ds)
+    n = mosaic_tiles(csa)
     rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     if n is None or not rows or not columns:
         return None
@@ -219,7 +229,7 @@ def mosaic_layout(ds) -> Mosaic | None:
     corner = np.asarray([float(v) for v in position]) + (
         shift[0] * spacing[0] * iop[1] + shift[1] * spacing[1] * iop[0]
     )
-    normal = _slice_normal(_csa_bytes(ds), orientation)
+    normal = _slice_normal(csa, orientation)
     positions = corner + np.outer(np.arange(n) * abs(step), normal)
     return Mosaic(n, tile_rows, tile_columns, positions)
 

@@ -230,6 +230,20 @@ def decode_rle_frame(src: bytes, runner) -> bytes:
     )
 
 
+def _frame_bytes(arr, runner, codec: str) -> bytes:
+    """A frame ``imagecodecs`` decoded, checked against the header's size, as the
+    little-endian bytes pydicom expects (8- or 16-bit samples, pixel-interleaved).
+    """
+    import numpy as np
+
+    expected = (runner.rows, runner.columns)
+    if arr.shape[:2] != expected or arr.size != _pixels(runner):
+        raise ValueError(f"decoded {codec} frame has shape {arr.shape}, expected {expected}")
+    itemsize = 1 if runner.bits_allocated <= 8 else 2
+    runner.set_option("bits_allocated", itemsize * 8)
+    return np.ascontiguousarray(arr, dtype=f"<u{itemsize}").tobytes()
+
+
 def decode_jpeg_frame(src: bytes, runner) -> bytes:
     """Pydicom plugin: one JPEG Extended or lossless JPEG frame, decoded by ``imagecodecs``.
 
@@ -238,7 +252,6 @@ def decode_jpeg_frame(src: bytes, runner) -> bytes:
     Colour lossy JPEG is left to the other plugins (their colour handling is pydicom's).
     """
     import imagecodecs
-    import numpy as np
 
     lossless = runner.transfer_syntax != uid.JPEGExtended12Bit
     if runner.samples_per_pixel != 1 and not lossless:
@@ -249,12 +262,7 @@ def decode_jpeg_frame(src: bytes, runner) -> bytes:
         if not lossless:
             raise
         arr = imagecodecs.jpegsof3_decode(src)
-    expected = (runner.rows, runner.columns)
-    if arr.shape[:2] != expected or arr.size != _pixels(runner):
-        raise ValueError(f"decoded JPEG frame has shape {arr.shape}, expected {expected}")
-    itemsize = 1 if runner.bits_allocated <= 8 else 2
-    runner.set_option("bits_allocated", itemsize * 8)
-    return np.ascontiguousarray(arr, dtype=f"<u{itemsize}").tobytes()
+    return _frame_bytes(arr, runner, "JPEG")
 
 
 def decode_jpeg_xl_frame(src: bytes, runner) -> bytes:
@@ -264,14 +272,8 @@ def decode_jpeg_xl_frame(src: bytes, runner) -> bytes:
     pixel-interleaved, which is what pydicom expects of a decoded frame.
     """
     import imagecodecs
-    import numpy as np
 
     arr = imagecodecs.jpegxl_decode(src)
-    expected = (runner.rows, runner.columns)
-    if arr.shape[:2] != expected or arr.size != _pixels(runner):
-        raise ValueError(f"decoded JPEG XL frame has shape {arr.shape}, expected {expected}")
-    itemsize = 1 if runner.bits_allocated <= 8 else 2
-    runner.set_option("bits_allocated", itemsize * 8)
     if runner.samples_per_pixel > 1:
         runner.set_option("planar_configuration", 0)
-    return np.ascontiguousarray(arr, dtype=f"<u{itemsize}").tobytes()
+    return _frame_bytes(arr, runner, "JPEG XL")

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pydicom
 import pytest
+from test_enhanced_multiframe import item
 from test_volumes import DCM2NIIX, dcm2niix_volumes
 
 import demo
@@ -253,12 +254,6 @@ def enhanced_diffusion(target: Path) -> int:
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    def item(**elements) -> Dataset:
-        ds = Dataset()
-        for keyword, value in elements.items():
-            setattr(ds, keyword, value)
-        return ds
 
     slices = sorted(
         (pydicom.dcmread(p) for p in SHARED_PHILIPS_DTI.iterdir()), key=lambda s: s.InstanceNumber
