@@ -165,18 +165,16 @@ def choose_preview(slices: Sequence[dict]) -> dict | None:
 
 def write_preview(source: Path, target: Path, size: int = PREVIEW_SIZE) -> None:
     """Scale a thumbnail PNG down to ``size`` pixels on its longest side (never up)."""
+    import numpy as np
     from PIL import Image
 
-    from rendering import PNG_COMPRESS_LEVEL
+    from rendering import write_png
 
     with Image.open(source) as image:
         image.load()
         scaled = image.copy()
     scaled.thumbnail((size, size), Image.Resampling.LANCZOS)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    scaled.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    os.replace(tmp, target)
+    write_png(np.asarray(scaled), target)
 
 
 def _stamp(path: Path) -> list | None:

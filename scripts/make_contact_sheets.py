@@ -212,7 +212,7 @@ def draw_sheet(series: dict, tiles: list[tuple], target: Path) -> None:
     """Draw tiles ``(image, label)`` in a grid under the series title and save as PNG.
 
     The thumbnails are placed pixel for pixel (no resampling), labels and title are drawn
-    into the black bands, and imageio writes the PNG: greyscale when every tile is grey
+    into the black bands, and the PNG is written greyscale when every tile is grey
     (the same pixels, a third of the data to compress), RGB otherwise.
     """
     _, n_cols = grid_shape(len(tiles))

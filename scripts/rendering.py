@@ -204,24 +204,33 @@ def resample(
 
 
 PNG_COMPRESS_LEVEL = 1
-"""zlib level of every PNG written (thumbnails, sheets, page previews). Level 1 encodes a
-256-pixel thumbnail in 2.2 ms and a sheet in 17 ms, against 4.8 ms and 50 ms at Pillow's
-default 6, for files about 17 % larger (10,000 vendor files: 3,573 thumbnails and 397
-sheets, some 20 s of CPU)."""
+"""zlib level of every PNG written (thumbnails, sheets, page previews)."""
+
+PNG_FILTER_UP = 32
+"""libpng's PNG_FILTER_UP: every row is stored as its difference from the row above.
+One fixed filter instead of trying all five per row (Pillow's way): on 10,000 vendor
+files (3,573 thumbnails, 397 sheets) a thumbnail encodes in 0.7 ms instead of 2.4 ms and
+a sheet in 7 ms instead of 18 ms, and the files come out slightly smaller."""
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 grey or RGB image (libpng through imagecodecs; no text, time
+    or other ancillary chunks, so the bytes depend on the pixels only).
+    """
+    from imagecodecs import png_encode
+
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ValueError(f"Argument 'image' must be a uint8 grey or RGB array, got {image.dtype}")
+    return png_encode(np.ascontiguousarray(image), level=PNG_COMPRESS_LEVEL, filter=PNG_FILTER_UP)
 
 
 def write_png(image: np.ndarray, target) -> None:
-    """Write a uint8 grey or RGB image as PNG, atomically (temporary name, then rename).
-
-    Pillow's PNG writer adds no timestamp, so the bytes depend on the pixels only.
-    """
+    """Write a uint8 grey or RGB image as PNG, atomically (temporary name, then rename)."""
     import os
     from pathlib import Path
-
-    import imageio.v3 as iio
 
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    iio.imwrite(tmp, image, extension=".png", compress_level=PNG_COMPRESS_LEVEL)
+    tmp.write_bytes(encode_png(image))
     os.replace(tmp, target)

@@ -415,3 +415,40 @@ class TestApplyWindowFunctions:
         values = np.array([[-160.0, 40.0, 240.0]])
         out = rendering.apply_window(values, 40.0, 400.0, "LINEAR_EXACT")
         assert out.tolist() == [[0, 128, 255]]
+
+
+@pytest.fixture(scope="module")
+def images():
+    """The demo MR slice as a windowed grey image, and an RGB image made of it."""
+    ds = read(MR_FILE)
+    values = rendering.modality_values(ds.pixel_array, ds)
+    grey = rendering.render_grey(values, rendering.header_window(ds), monochrome1=False)
+    rgb = np.stack([grey, grey[::-1], 255 - grey], axis=2)
+    return {"grey": grey, "rgb": rgb}
+
+
+class TestWritePng:
+    """Every PNG of the workflow goes through ``write_png``: the pixels must come back
+    exactly, and the bytes must depend on the pixels only."""
+
+    @pytest.mark.parametrize("kind", ["grey", "rgb"])
+    def test_pixels_read_back_exactly_by_imageio(self, images, kind, tmp_path):
+        target = tmp_path / "out" / f"{kind}.png"
+        rendering.write_png(images[kind], target)
+        np.testing.assert_array_equal(iio.imread(target), images[kind])
+        assert not list(target.parent.glob("*.tmp"))
+
+    def test_bytes_hold_only_header_pixels_and_end(self, images):
+        data = rendering.encode_png(images["rgb"])
+        chunks, offset = [], 8
+        while offset < len(data):
+            length = int.from_bytes(data[offset : offset + 4], "big")
+            chunks.append(data[offset + 4 : offset + 8])
+            offset += 12 + length
+        assert chunks[0] == b"IHDR" and chunks[-1] == b"IEND"
+        assert set(chunks[1:-1]) == {b"IDAT"}
+        assert rendering.encode_png(images["rgb"].copy()) == data
+
+    def test_rejects_what_is_not_uint8(self, images):
+        with pytest.raises(ValueError, match="uint8"):
+            rendering.encode_png(images["grey"].astype(np.uint16))
