@@ -38,6 +38,10 @@ from table_schema import read_parts
 
 log = logging.getLogger("merge_metadata")
 
+SPLIT_FROM_STACKS = 32
+"""From this many stacks with pixels a study gets at least two batches, so two cores share
+the slice, thumbnail and sheet work (about 0.15 s of CPU a stack on vendor MR)."""
+
 SERIES_SCHEMA = pa.schema(
     [
         ("series_key", pa.string()),
@@ -347,7 +351,7 @@ def build_series(rows: list[dict], series_per_batch: int) -> tuple[list[dict], l
             for i in stack.rows:
                 instance_keys[i] = key
     pixel_keys = [r["series_key"] for r in records if r["has_pixels"]]
-    n_batches = bucket_count(len(pixel_keys), series_per_batch)
+    n_batches = bucket_count(len(pixel_keys), series_per_batch, split_from=SPLIT_FROM_STACKS)
     for record in records:
         record["batch"] = (
             stable_bucket(record["series_key"], n_batches) if record["has_pixels"] else None
@@ -439,7 +443,10 @@ def grouping_rows(light: pa.Table, headers: dict[str, str]) -> list[dict]:
             continue
         row["header_json"] = header
         try:
-            ds = Dataset.from_json(header)
+            if (row.get("NumberOfFrames") or 1) == 1:  # here only because it is a mosaic
+                ds = multiframe.mosaic_dataset(json.loads(header))
+            else:
+                ds = Dataset.from_json(header)
         except Exception:  # noqa: BLE001 - unusable geometry means unknown positions
             row["frame_positions"] = None
             out.append(row)

@@ -29,6 +29,9 @@ from sharding import bucket_count, stable_bucket, write_if_changed
 log = logging.getLogger("scan_study")
 
 ENTRY_FIELDS = ("path", "file_size", "mtime_ns", "ctime_ns", "inode")
+SPLIT_FROM_FILES = 1000
+"""From this many files a study gets at least two shards, so two extract jobs share the
+work (about 2 ms a file on vendor headers: a second or more each)."""
 """Keys of a shard list line, in the order of the entries :func:`walk_files` returns."""
 
 
@@ -85,7 +88,7 @@ def shard_keys(paths: Sequence[str], files_per_shard: int) -> list[str]:
 
 def assign_shards(files: Sequence[tuple], files_per_shard: int) -> dict[int, list]:
     """Group file entries (path first) into shards; every index up to the count is present."""
-    count = bucket_count(len(files), files_per_shard)
+    count = bucket_count(len(files), files_per_shard, split_from=SPLIT_FROM_FILES)
     shards: dict[int, list] = {i: [] for i in range(count)}
     keys = shard_keys([entry[0] for entry in files], files_per_shard)
     buckets: dict[str, int] = {}  # files of a folder share their key: hash each key once

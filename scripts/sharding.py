@@ -10,12 +10,19 @@ import hashlib
 import math
 
 
-def bucket_count(n_items: int, items_per_bucket: int) -> int:
-    """Smallest power of two giving at most about ``items_per_bucket`` items per bucket."""
+def bucket_count(n_items: int, items_per_bucket: int, split_from: int | None = None) -> int:
+    """Smallest power of two giving at most about ``items_per_bucket`` items per bucket.
+
+    With ``split_from``, at least two buckets once there are that many items, so that a
+    study too small to fill two buckets still keeps two cores busy.
+    """
     if items_per_bucket < 1:
         raise ValueError(f"Argument 'items_per_bucket' must be >= 1, got {items_per_bucket}")
     needed = max(1, math.ceil(n_items / items_per_bucket))
-    return 1 << (needed - 1).bit_length()
+    count = 1 << (needed - 1).bit_length()
+    if split_from is not None and n_items >= split_from:
+        count = max(count, 2)
+    return count
 
 
 def stable_bucket(key: str, n_buckets: int) -> int:

@@ -93,6 +93,21 @@ class TestMosaicLayout:
         del ds[0x00291010]
         assert multiframe.mosaic_layout(ds) is None
 
+    def test_the_few_elements_the_merge_keeps_give_the_whole_headers_layout(self, mosaic_run):
+        rows = pq.read_table(mosaic_run["metadata"]["instances"]).to_pylist()
+        (row,) = [r for r in rows if r["path"].startswith("mosaic/")]
+        header = json.loads(row["header_json"])
+        few, whole = multiframe.mosaic_dataset(header), pydicom.Dataset.from_json(header)
+        assert len(few) < len(whole) / 4
+        ours, reference = multiframe.mosaic_layout(few), multiframe.mosaic_layout(whole)
+        assert (ours.n_tiles, ours.tile_rows, ours.tile_columns) == (25, 128, 128)
+        assert (ours.n_tiles, ours.tile_rows, ours.tile_columns) == (
+            reference.n_tiles,
+            reference.tile_rows,
+            reference.tile_columns,
+        )
+        np.testing.assert_array_equal(ours.positions, reference.positions)
+
     def test_the_csa_image_header_is_kept_in_header_json(self, mosaic_run):
         rows = pq.read_table(mosaic_run["metadata"]["instances"]).to_pylist()
         (row,) = [r for r in rows if r["path"].startswith("mosaic/")]

@@ -73,6 +73,20 @@ class TestBucketCount:
     def test_count_is_the_smallest_power_of_two_that_fits(self, n_items, per_bucket, count):
         assert bucket_count(n_items, per_bucket) == count
 
+    @pytest.mark.parametrize(
+        ("n_items", "per_bucket", "count"),
+        [
+            pytest.param(999, 2000, 1, id="below-the-split-one-bucket"),
+            pytest.param(1000, 2000, 2, id="from-the-split-two-buckets"),
+            pytest.param(2000, 2000, 2, id="a-full-bucket-still-split"),
+            pytest.param(10_002, 2000, 8, id="more-than-two-unchanged"),
+        ],
+    )
+    def test_split_from_gives_two_buckets_to_studies_that_fill_only_one(
+        self, n_items, per_bucket, count
+    ):
+        assert bucket_count(n_items, per_bucket, split_from=1000) == count
+
     def test_items_per_bucket_below_one_is_refused_naming_the_argument(self):
         with pytest.raises(ValueError, match="'items_per_bucket'"):
             bucket_count(10, 0)
