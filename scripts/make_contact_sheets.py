@@ -133,7 +133,8 @@ def tile_label(row: dict) -> str:
 
 
 def montage(tiles: Sequence[np.ndarray], n_columns: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Place uint8 grey or RGB tiles, centred, in a preallocated RGB grid.
+    """Place uint8 grey or RGB tiles, centred, in a preallocated grid: grey when every
+    tile is grey, RGB otherwise.
 
     Parameters
     ----------
@@ -142,7 +143,7 @@ def montage(tiles: Sequence[np.ndarray], n_columns: int) -> tuple[np.ndarray, tu
 
     Returns
     -------
-    grid : (H, W, 3) ndarray of uint8
+    grid : (H, W) or (H, W, 3) ndarray of uint8
         A new array; the tiles are not modified.
     cell : tuple of int
         ``(height, width)`` of one cell, label band included.
@@ -157,9 +158,10 @@ def montage(tiles: Sequence[np.ndarray], n_columns: int) -> tuple[np.ndarray, tu
     cell_h = max(t.shape[0] for t in tiles) + LABEL_PX + GAP_PX
     cell_w = max(t.shape[1] for t in tiles) + GAP_PX
     n_rows = -(-len(tiles) // n_columns)
-    grid = np.zeros((n_rows * cell_h, n_columns * cell_w, 3), dtype=np.uint8)
+    grey = all(tile.ndim == 2 for tile in tiles)
+    grid = np.zeros((n_rows * cell_h, n_columns * cell_w, *(() if grey else (3,))), np.uint8)
     for i, tile in enumerate(tiles):
-        rgb = np.repeat(tile[:, :, None], 3, axis=2) if tile.ndim == 2 else tile
+        rgb = tile if grey or tile.ndim == 3 else np.repeat(tile[:, :, None], 3, axis=2)
         top = (i // n_columns) * cell_h + LABEL_PX + (cell_h - LABEL_PX - tile.shape[0]) // 2
         left = (i % n_columns) * cell_w + (cell_w - tile.shape[1]) // 2
         grid[top : top + tile.shape[0], left : left + tile.shape[1]] = rgb
@@ -193,7 +195,8 @@ def draw_text(
     """Draw a line of text centred on ``centre_x`` with its baseline on row ``baseline``.
 
     The text is blended as the brighter of canvas and text pixel (it is drawn on black
-    bands); what falls outside the canvas is clipped.
+    bands); what falls outside the canvas is clipped. On a grey canvas the colour's first
+    component is drawn (the sheet's colours are neutral greys).
     """
     coverage, own_baseline = text_image(text, size_pt)
     height, width = coverage.shape
@@ -202,8 +205,12 @@ def draw_text(
     y1, x1 = min(top + height, canvas.shape[0]), min(left + width, canvas.shape[1])
     if y1 <= y0 or x1 <= x0:
         return
-    alpha = coverage[y0 - top : y1 - top, x0 - left : x1 - left, None].astype(np.uint16)
-    ink = ((alpha * np.array(colour, np.uint16) + 127) // 255).astype(np.uint8)
+    alpha = coverage[y0 - top : y1 - top, x0 - left : x1 - left].astype(np.uint16)
+    if canvas.ndim == 3:
+        alpha, ink_colour = alpha[:, :, None], np.array(colour, np.uint16)
+    else:
+        ink_colour = np.uint16(colour[0])
+    ink = ((alpha * ink_colour + 127) // 255).astype(np.uint8)
     region = canvas[y0:y1, x0:x1]
     np.maximum(region, ink, out=region)
 
@@ -219,7 +226,7 @@ def draw_sheet(series: dict, tiles: list[tuple], target: Path) -> None:
     grid, (cell_h, cell_w) = montage([image for image, _ in tiles], n_cols)
     height, width = grid.shape[0] + TITLE_PX, max(grid.shape[1], 360)
     x0 = (width - grid.shape[1]) // 2
-    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    canvas = np.zeros((height, width, *grid.shape[2:]), dtype=np.uint8)
     canvas[TITLE_PX:, x0 : x0 + grid.shape[1]] = grid
     for line, baseline in zip(sheet_title(series).splitlines(), TITLE_BASELINES, strict=False):
         draw_text(canvas, line, TITLE_PT, WHITE, width / 2, baseline)
@@ -229,8 +236,6 @@ def draw_sheet(series: dict, tiles: list[tuple], target: Path) -> None:
         draw_text(
             canvas, label, LABEL_PT, LABEL_GREY, centre, TITLE_PX + row * cell_h + LABEL_BASELINE
         )
-    if all(image.ndim == 2 for image, _ in tiles):
-        canvas = np.ascontiguousarray(canvas[:, :, 0])  # grey tiles, neutral text: one channel
     rendering.write_png(canvas, target)
 
 
