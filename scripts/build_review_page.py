@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import privacy
 import ratings
 from sharding import short_hash
-from table_schema import SHEETS_SCHEMA, read_parts
+from table_schema import SHEETS_SCHEMA, read_parts, read_table
 
 log = logging.getLogger("build_review_page")
 
@@ -120,7 +120,7 @@ def series_identifiers(instances_path: str) -> dict[str, dict[str, list[str]]]:
 
 def series_of_paths(instances_path: str) -> dict[str, str]:
     """Instance path → its series key."""
-    table = pq.read_table(instances_path, columns=["path", "series_key"])
+    table = read_table(instances_path, columns=["path", "series_key"])
     return dict(zip(table.column(0).to_pylist(), table.column(1).to_pylist(), strict=True))
 
 
@@ -137,7 +137,7 @@ def segmentation_links(instances_path: str, slices: Iterable[dict]) -> dict[str,
             wanted.setdefault(row["source_sop_instance_uid"], set()).add(row["series_key"])
     if not wanted or not instances_path:
         return {}
-    table = pq.read_table(instances_path, columns=["SOPInstanceUID", "series_key"])
+    table = read_table(instances_path, columns=["SOPInstanceUID", "series_key"])
     links: dict[str, set[str]] = {}
     for uid, key in zip(*(c.to_pylist() for c in table.columns), strict=True):
         for seg in wanted.get(uid, ()):
@@ -550,17 +550,17 @@ def write_review(out: Path, data: dict) -> None:
 
 def read_inputs(args: argparse.Namespace) -> dict:
     """The tables the page is built from, as lists and dicts."""
-    series = pq.read_table(args.series).to_pylist()
+    series = read_table(args.series).to_pylist()
     sheets_rows = read_parts(args.sheets, SHEETS_SCHEMA).to_pylist()
     slice_columns = ["series_key", "plane", "index", "n_in_plane", "png_path", "position_mm"]
     seg_columns = ["series_key", "source_sop_instance_uid"]
     has_segs = "source_sop_instance_uid" in pq.read_schema(args.slices).names
-    segs = pq.read_table(args.slices, columns=seg_columns).to_pylist() if has_segs else []
+    segs = read_table(args.slices, columns=seg_columns).to_pylist() if has_segs else []
     return {
         "series": series,
         "sheets": {r["series_key"]: r["sheet_path"] for r in sheets_rows},
-        "slices": pq.read_table(args.slices, columns=slice_columns).to_pylist(),
-        "errors": pq.read_table(args.errors).to_pylist(),
+        "slices": read_table(args.slices, columns=slice_columns).to_pylist(),
+        "errors": read_table(args.errors).to_pylist(),
         "series_by_path": series_of_paths(args.instances) if args.instances else {},
         "identifiers": series_identifiers(args.instances) if args.instances else {},
         "links": segmentation_links(args.instances, segs),

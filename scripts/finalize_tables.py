@@ -27,7 +27,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 import ratings as ratings_csv
 import table_schema
@@ -209,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ratings_csv.RatingsError as exc:
             log.error("%s", exc)
             return 1
-        series, unknown = series_with_ratings(pq.read_table(args.series), rated)
+        series, unknown = series_with_ratings(table_schema.read_table(args.series), rated)
         if unknown:
             shown = ", ".join(unknown[:20]) + (" …" if len(unknown) > 20 else "")
             log.warning(
@@ -230,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in removed:
             log.debug("removed %s", path)
         if args.series:
-            series = pq.read_table(args.series, columns=["series_key", "batch"])
+            series = table_schema.read_table(args.series, ["series_key", "batch"])
             keys = set(series.column("series_key").to_pylist())
             batches = set(series.column("batch").drop_null().to_pylist())
             stale = remove_stale_work(args.results, keys, batches)

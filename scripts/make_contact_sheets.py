@@ -24,7 +24,6 @@ import imageio.v3 as iio
 import matplotlib
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from matplotlib.ft2font import FT2Font, LoadFlags
 
 import privacy
@@ -303,13 +302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Draw one batch's contact sheets."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    manifest = pq.read_table(args.manifest)
-    keys = sorted(set(manifest.column("series_key").to_pylist()))
-    series = (
-        pq.read_table(args.series, filters=[("series_key", "in", keys)]).to_pylist() if keys else []
-    )
+    manifest = table_schema.read_table(args.manifest)
+    keys = set(manifest.column("series_key").to_pylist())
+    series = table_schema.read_table(args.series).to_pylist()
+    series = [s for s in series if s["series_key"] in keys]
     series = privacy.series_without_identifying_text(series, manifest, args.study)
-    rendered = set(pq.read_table(args.thumbnails, columns=["png_path"]).column(0).to_pylist())
+    rendered = set(table_schema.read_table(args.thumbnails, ["png_path"]).column(0).to_pylist())
     if args.report_dir is not None:
         args.report_dir.mkdir(parents=True, exist_ok=True)  # exists even when no sheet is drawn
     table = make_sheets(args.results, manifest, rendered, series, args.tiles, args.report_dir)

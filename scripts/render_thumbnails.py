@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 import rendering
 import segmentation
@@ -190,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     table = render_batch(
-        args.results, pq.read_table(args.manifest), args.size, args.ct_window, args.study
+        args.results, table_schema.read_table(args.manifest), args.size, args.ct_window, args.study
     )
     table_schema.write_table(table, args.out)
     log.info("%d thumbnails rendered", table.num_rows)

@@ -791,8 +791,11 @@ def read_instances(path, keys: Sequence[str] | None = None) -> list[dict]:
     available = set(pq.read_schema(path).names)
     wanted = [*INSTANCE_COLUMNS, *merge_metadata.SEG_SOURCE_COLUMNS]  # the last: SEG batches
     columns = [c for c in wanted if c in available]
-    filters = None if keys is None else [("series_key", "in", list(keys))]
-    return pq.read_table(path, columns=columns, filters=filters).to_pylist()
+    rows = table_schema.read_table(path, columns).to_pylist()
+    if keys is None:
+        return rows
+    keys = set(keys)
+    return [row for row in rows if row["series_key"] in keys]
 
 
 def save_batch(
@@ -807,7 +810,7 @@ def save_batch(
     """Save slices (and volumes) for every series of ``batch``; returns manifest, errors and
     volumes tables.
     """
-    series = pq.read_table(series_path, filters=[("batch", "=", batch)]).to_pylist()
+    series = [s for s in table_schema.read_table(series_path).to_pylist() if s["batch"] == batch]
     keys = [s["series_key"] for s in series]
     rows = read_instances(instances_path, keys) if keys else []
     by_key: dict[str, list[dict]] = {}

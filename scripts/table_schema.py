@@ -318,9 +318,28 @@ volume file (``format`` nifti or npy). ``shape`` is (i, j, k) = (columns, rows, 
 (e.g. ``LPS``); ``dtype`` what the file stores, scaled by ``scl_slope``/``scl_inter``."""
 
 
+def read_table(path, columns: Sequence[str] | None = None, schema: pa.Schema | None = None):
+    """A Parquet file as a table, like ``pq.read_table`` but through ``pq.ParquetFile``:
+    ``pq.read_table`` imports pyarrow.dataset, 0.3-0.4 s of every step's start-up.
+
+    With ``schema``, the table has its fields, as ``pq.read_table(schema=...)`` reads it:
+    columns it lacks are left out, fields the file lacks are null, and types are cast.
+    """
+    parquet = pq.ParquetFile(path)
+    if schema is None:
+        return parquet.read(columns=columns)
+    stored = set(parquet.schema_arrow.names)
+    table = parquet.read(columns=[name for name in schema.names if name in stored])
+    arrays = [
+        table.column(field.name) if field.name in stored else pa.nulls(len(table), field.type)
+        for field in schema
+    ]
+    return pa.Table.from_arrays(arrays, names=schema.names).cast(schema)
+
+
 def read_parts(paths: Sequence[str], schema: pa.Schema) -> pa.Table:
     """Concatenate per-shard or per-batch tables with one schema (empty when there are none)."""
-    tables = [pq.read_table(p, schema=schema) for p in paths]
+    tables = [read_table(p, schema=schema) for p in paths]
     return pa.concat_tables(tables) if tables else schema.empty_table()
 
 

@@ -192,3 +192,51 @@ class TestInstancesSchema:
     def test_raises_value_error_for_an_unknown_extra_keyword(self):
         with pytest.raises(ValueError, match="NoSuchKeyword"):
             instances_schema(["NoSuchKeyword"])
+
+
+class TestReadTable:
+    """``read_table`` replaces ``pq.read_table`` in the step scripts (without importing
+    pyarrow.dataset); with a schema it must read a part file the way it did."""
+
+    def test_with_a_schema_it_reads_as_pyarrow_read_table_does(self, tmp_path):
+        import pyarrow.parquet as pq
+
+        import table_schema
+
+        stored = pa.table(
+            {
+                "series_key": ["a", "b"],
+                "sheet_path": ["contact_sheets/a.png", "contact_sheets/b.png"],
+                "extra": [1, 2],
+                "spacing": pa.array(
+                    [[0.5, 0.5], None], pa.list_(pa.field("element", pa.float64()))
+                ),
+            }
+        )
+        path = tmp_path / "part.parquet"
+        pq.write_table(stored, path)
+        wanted = pa.schema(
+            [
+                ("series_key", pa.string()),
+                ("spacing", pa.list_(pa.float64())),
+                ("n_tiles", pa.int64()),
+                ("sheet_path", pa.string()),
+            ]
+        )
+        ours = table_schema.read_table(path, schema=wanted)
+        assert ours.equals(pq.read_table(path, schema=wanted), check_metadata=True)
+        assert ours.column("n_tiles").to_pylist() == [None, None]
+        assert ours.column("spacing").to_pylist() == [[0.5, 0.5], None]
+
+    def test_columns_are_read_in_the_files_order_of_rows(self, tmp_path):
+        import pyarrow.parquet as pq
+
+        import table_schema
+
+        path = tmp_path / "part.parquet"
+        pq.write_table(pa.table({"x": [3, 1, 2], "y": ["c", "a", "b"]}), path)
+        assert table_schema.read_table(path, ["y"]).to_pylist() == [
+            {"y": "c"},
+            {"y": "a"},
+            {"y": "b"},
+        ]
