@@ -556,7 +556,9 @@ def write_instances(
                 headers = chunk.column("header_json").take(list(first.values())).to_pylist()
                 for key, header in zip(first, headers, strict=True):
                     identifiers[key] = privacy.json_identifiers(header)
-                writer.write_table(chunk, row_group_size=OUTPUT_ROW_GROUP)
+                # one chunk per column: the writer's pages follow the chunks, and these
+                # follow the shards' batches, so bytes would otherwise depend on sharding
+                writer.write_table(chunk.combine_chunks(), row_group_size=OUTPUT_ROW_GROUP)
                 table = table.slice(chunk.num_rows)
             pending.extend(table.to_batches())
             return table.num_rows

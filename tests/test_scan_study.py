@@ -166,6 +166,18 @@ class TestAssignShards:
         assert sum(1 for f in shards.values() if f) > 1
         assert sorted(e for f in shards.values() for e in f) == files
 
+    def test_a_large_series_folder_is_spread_over_shards_of_even_size(self):
+        files = [(f"philips/IM_{i:05d}", 1) for i in range(680)] + [
+            (f"ge/{i:05d}", 1) for i in range(130)
+        ]
+        files += [(f"toshiba_{k}/{i:04d}.dcm", 1) for k in range(5) for i in range(40)]
+        shards = scan_study.assign_shards(sorted(files), 2000)
+        assert len(shards) == 2
+        sizes = sorted(len(f) for f in shards.values())
+        assert sum(sizes) == len(files) and sizes[0] > 300
+        ge = {s for s, f in shards.items() for path, _ in f if path.startswith("ge/")}
+        assert len(ge) == 1  # a folder of up to 256 files stays together
+
 
 class TestWriteShards:
     def test_unchanged_shard_lists_are_not_rewritten(self, tmp_path):
