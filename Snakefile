@@ -17,6 +17,14 @@ include: "workflow/rules/sheets.smk"
 include: "workflow/rules/review.smk"
 
 
+onsuccess:
+    cancel_pending_timers()
+
+
+onerror:
+    cancel_pending_timers()
+
+
 rule all:
     default_target: True
     input:

@@ -178,3 +178,18 @@ def final_outputs():
         res("metadata/volumes.parquet"),
         res("index.html"),
     ]
+
+
+def cancel_pending_timers(log=None):
+    """Cancel the threading timers left when the run is over.
+
+    Snakemake's scheduler arms a 1 s timer (its job-rate limit, 100 jobs a second by
+    default) after every pass, and Python waits for such timers before it exits: about
+    1.7 s after the last job of every run. Only those timers are pending by then, and
+    they would only wake a scheduler that has finished.
+    """
+    import threading
+
+    for thread in threading.enumerate():
+        if isinstance(thread, threading.Timer):
+            thread.cancel()
