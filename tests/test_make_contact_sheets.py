@@ -272,6 +272,19 @@ class TestDrawing:
             placed = sheet[top : top + tile.shape[0], left : left + tile.shape[1]]
             np.testing.assert_array_equal(placed, tile)
 
+    def test_labels_drawn_from_the_text_cache_give_the_same_bytes(self, drawn, tmp_path):
+        _, tiles, chosen = drawn
+        labels = [make_contact_sheets.tile_label(r) for r in chosen]
+        labelled = list(zip(tiles, labels, strict=True))
+        make_contact_sheets.text_image.cache_clear()
+        make_contact_sheets.draw_sheet({"n_instances": 1}, labelled, tmp_path / "cold.png")
+        cold_hits = make_contact_sheets.text_image.cache_info().hits
+        make_contact_sheets.draw_sheet({"n_instances": 1}, labelled, tmp_path / "warm.png")
+        assert make_contact_sheets.text_image.cache_info().hits - cold_hits >= len(labels)
+        assert (tmp_path / "cold.png").read_bytes() == (tmp_path / "warm.png").read_bytes()
+        coverage, _ = make_contact_sheets.text_image(labelled[0][1], make_contact_sheets.LABEL_PT)
+        assert not coverage.flags.writeable  # shared between sheets: nobody may draw into it
+
     def test_a_sheet_of_grey_tiles_is_a_grey_png_and_colour_stays_rgb(self, drawn, tmp_path):
         sheet, tiles, _ = drawn
         assert sheet.ndim == 2 and all(t.ndim == 2 for t in tiles)  # the MR series
