@@ -52,8 +52,10 @@ def shared_outputs(results) -> dict[str, bytes]:
 
 def table_text(results) -> str:
     """All values of all Parquet tables under results, as one string, file paths left out
-    (folder names are the user's own; pseudonymisation covers header values)."""
-    paths = {"path", "source_path", "npy_path", "png_path", "sheet_path"}
+    (folder names are the user's own; pseudonymisation covers header values), and so are
+    the work lists' file stamps: sizes, nanosecond times and inodes of the copied study,
+    new on every run, once held the demo's 5-digit DeviceSerialNumber by chance."""
+    paths = {"path", "source_path", "npy_path", "png_path", "sheet_path", "file_stamp"}
     texts = []
     for parquet in results.rglob("*.parquet"):
         table = pq.read_table(parquet)
