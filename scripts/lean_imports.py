@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import sys
 
-UNUSED = ("pandas", "requests")
-"""Used by no step."""
+UNUSED = ("pandas", "requests", "pillow_heif")
+"""Used by no step. (imageio's Pillow plugin tries to import pillow_heif on every file it
+opens; blocked, the failed import costs no search of sys.path.)"""
 UNUSED_BY_STEP = {"extract_metadata": ("gdcm", "PIL"), "merge_metadata": ("gdcm", "PIL")}
 """Also unused by one step: headers only, no pixel decoding or image files."""
 

@@ -61,3 +61,31 @@ def test_save_slices_keeps_the_pixel_plugins_it_decodes_with():
 def test_nothing_is_blocked_outside_a_step_script():
     found = probe(str(Path(sys.executable)))  # e.g. pytest or snakemake importing scripts/
     assert {"pandas", "requests", "gdcm", "PIL"} <= set(found["loaded"])
+
+
+def test_the_sheets_step_reads_pngs_with_imageio_without_searching_for_pillow_heif(tmp_path):
+    code = f"""
+import json, sys
+sys.argv = [{str(SCRIPTS / "make_contact_sheets.py")!r}]
+import lean_imports
+import numpy as np
+import make_contact_sheets, rendering
+rendering.write_png(np.arange(48, dtype=np.uint8).reshape(6, 8), {str(tmp_path / "t.png")!r})
+pixels = make_contact_sheets.read_thumbnail({str(tmp_path / "t.png")!r})
+try:
+    import pillow_heif
+    why = "imported"
+except ImportError as exc:
+    why = str(exc)
+print(json.dumps({{"sum": int(pixels.sum()), "why": why}}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PYTHONPATH": str(SCRIPTS), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = json.loads(out.stdout)
+    assert found["sum"] == sum(range(48))
+    assert found["why"] == "this step does not use pillow_heif"

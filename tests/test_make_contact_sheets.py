@@ -14,6 +14,7 @@ from PIL import Image
 import demo
 import make_contact_sheets
 import render_thumbnails
+import rendering
 import save_slices
 
 MR_FILE = demo.MR_SERIES / "IM_0001"
@@ -327,3 +328,24 @@ class TestDrawing:
         assert canvas.max() == 9 and canvas[:, :3].any() and canvas[:, -3:].any()
         make_contact_sheets.draw_text(canvas, "gone", 7, (255,) * 3, 500, 12)
         assert canvas.max() == 9  # wholly outside: nothing drawn
+
+
+class TestReadThumbnail:
+    @pytest.mark.parametrize("shape", [(40, 56), (40, 56, 3)], ids=["grey", "rgb"])
+    def test_a_thumbnail_reads_back_as_the_uint8_array_that_was_written(self, tmp_path, shape):
+        pixels = np.random.default_rng(7).integers(0, 256, size=shape, dtype=np.uint8)
+        path = tmp_path / "thumb.png"
+        rendering.write_png(pixels, path)
+        read = make_contact_sheets.read_thumbnail(path)
+        assert read.dtype == np.uint8
+        assert read.shape == shape
+        np.testing.assert_array_equal(read, pixels)
+
+    def test_the_demo_thumbnails_read_as_pillow_decodes_them(self, sheets):
+        pngs = sorted(sheets["results"].glob("thumbnails/*/*.png"))
+        assert len(pngs) > 20
+        for path in pngs:
+            with Image.open(path) as image:
+                np.testing.assert_array_equal(
+                    make_contact_sheets.read_thumbnail(path), np.asarray(image)
+                )
