@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import privacy
 import ratings
 from sharding import short_hash
-from table_schema import SHEETS_SCHEMA, read_parts, read_table
+from table_schema import IDENTIFIERS_SCHEMA, SHEETS_SCHEMA, read_parts, read_table
 
 log = logging.getLogger("build_review_page")
 
@@ -62,22 +62,8 @@ FREE_TEXT = (
 
 PATIENT_TAGS = privacy.PATIENT_TAGS
 """Free text that repeats one of these is not shown (:func:`privacy.blank_identifying`)."""
-OTHER_TAGS = {
-    "StudyDate": "00080020",
-    "SeriesDate": "00080021",
-    "AcquisitionDate": "00080022",
-    "ContentDate": "00080023",
-    "AccessionNumber": "00080050",
-    "InstitutionName": "00080080",
-    "ReferringPhysicianName": "00080090",
-    "StationName": "00081010",
-    "PerformingPhysicianName": "00081050",
-    "OperatorsName": "00081070",
-    "DeviceSerialNumber": "00181000",
-    "StudyID": "00200010",
-}
-"""Identifying values also cut out of file paths and error details shown on the page
-(folder names often hold a date or an accession number)."""
+OTHER_TAGS = privacy.OTHER_TAGS
+"""Also cut out of file paths and error details shown on the page."""
 
 
 def _error_cells(row: dict, identifiers) -> list:
@@ -90,32 +76,14 @@ def _error_cells(row: dict, identifiers) -> list:
     ]
 
 
-def series_identifiers(instances_path: str) -> dict[str, dict[str, list[str]]]:
-    """Series key → identifying values of its first instance's header.
-
-    ``{"patient": [...], "other": [...]}``: PatientName, PatientID and PatientBirthDate
-    (:data:`PATIENT_TAGS`), and the values of :data:`OTHER_TAGS`, each with the other
-    spellings of dates (:func:`privacy.identifier_variants`). Reads ``header_json`` batch
-    by batch (memory stays bounded) and decodes only these elements of one header per
-    series.
+def read_identifiers(path: str) -> dict[str, dict[str, list[str]]]:
+    """Series key → ``{"patient": [...], "other": [...]}``, as the merge wrote them
+    (:data:`IDENTIFIERS_SCHEMA`; from each series' first header, so the page
+    need not read the instances' ``header_json``).
     """
-    found: dict[str, dict[str, list[str]]] = {}
-    parquet = pq.ParquetFile(instances_path)
-    for batch in parquet.iter_batches(columns=["series_key", "header_json"], batch_size=1024):
-        keys = batch.column(0).to_pylist()
-        wanted = {}
-        for i, key in enumerate(keys):
-            if key is not None and key not in found and key not in wanted:
-                wanted[key] = i
-        if not wanted:
-            continue
-        headers = batch.column(1).take(list(wanted.values())).to_pylist()
-        for key, header in zip(wanted, headers, strict=True):
-            found[key] = {
-                "patient": privacy.json_identifiers(header, PATIENT_TAGS),
-                "other": privacy.json_identifiers(header, OTHER_TAGS),
-            }
-    return found
+    table = read_table(path, schema=IDENTIFIERS_SCHEMA)
+    keys, patient, other = (table.column(c).to_pylist() for c in table.column_names)
+    return {k: {"patient": p, "other": o} for k, p, o in zip(keys, patient, other, strict=True)}
 
 
 def series_of_paths(instances_path: str) -> dict[str, str]:
@@ -313,7 +281,7 @@ def review_data(
     series_by_path : dict
         Instance path → series key, to give each error row of an instance its series.
     identifiers : dict
-        Series key → its identifying values (:func:`series_identifiers`): free text
+        Series key → its identifying values (:func:`read_identifiers`): free text
         repeating a patient's is blanked; paths and details have all of them cut out.
     previews : dict
         Series key → grid preview path.
@@ -562,7 +530,7 @@ def read_inputs(args: argparse.Namespace) -> dict:
         "slices": read_table(args.slices, columns=slice_columns).to_pylist(),
         "errors": read_table(args.errors).to_pylist(),
         "series_by_path": series_of_paths(args.instances) if args.instances else {},
-        "identifiers": series_identifiers(args.instances) if args.instances else {},
+        "identifiers": read_identifiers(args.identifiers) if args.identifiers else {},
         "links": segmentation_links(args.instances, segs),
     }
 
@@ -581,8 +549,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--series", required=True, help="series.parquet (with qc_* columns)")
     parser.add_argument("--slices", required=True)
     parser.add_argument("--errors", required=True)
+    parser.add_argument("--instances", help="instances.parquet: error rows' series and SEG links")
     parser.add_argument(
-        "--instances", help="instances.parquet: error rows' series and patient identifiers"
+        "--identifiers", help="the merge's identifiers table: text the page must not show"
     )
     parser.add_argument("--sheets", nargs="*", default=[], help="sheets tables of the batches")
     parser.add_argument("--out", required=True, help="index.html; the data file goes beside it")

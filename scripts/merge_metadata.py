@@ -528,11 +528,12 @@ def write_instances(
     """Write instances.parquet in path order by a k-way merge of the path-sorted shards.
 
     Only a batch of rows per shard is in memory at a time, whatever the study's size;
-    series_key is filled in from ``keys`` (path → key). Returns each series' patient
-    identifiers (from its first instance's header) for the batch work lists, so that
-    the sheets step need not read a header to keep them out of titles.
+    series_key is filled in from ``keys`` (path → key). Returns each series' identifying
+    values (:func:`privacy.header_identifiers` of its first instance's header) for the
+    batch work lists and the identifiers table, so that neither the sheets nor the review
+    page need read a header to keep them out of their text.
     """
-    identifiers: dict[str, list[str]] = {}
+    identifiers: dict[str, dict[str, list[str]]] = {}
     streams = [s for s in (_ShardStream(p) for p in parts) if s.batch is not None]
     heap = [(s.paths[0], i) for i, s in enumerate(streams)]
     heapq.heapify(heap)
@@ -555,7 +556,7 @@ def write_instances(
                         first[key] = row
                 headers = chunk.column("header_json").take(list(first.values())).to_pylist()
                 for key, header in zip(first, headers, strict=True):
-                    identifiers[key] = privacy.json_identifiers(header)
+                    identifiers[key] = privacy.header_identifiers(header)
                 # one chunk per column: the writer's pages follow the chunks, and these
                 # follow the shards' batches, so bytes would otherwise depend on sharding
                 writer.write_table(chunk.combine_chunks(), row_group_size=OUTPUT_ROW_GROUP)
@@ -836,6 +837,14 @@ def write_batches(
     return sorted(tables)
 
 
+def identifiers_table(identifiers: dict[str, dict[str, list[str]]]) -> pa.Table:
+    """The identifiers table (:data:`table_schema.IDENTIFIERS_SCHEMA`), one row per series
+    key in key order.
+    """
+    rows = [{"series_key": key, **identifiers[key]} for key in sorted(identifiers)]
+    return table_schema.table_from_rows(rows, table_schema.IDENTIFIERS_SCHEMA)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instance-parts", nargs="*", default=[])
@@ -845,6 +854,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--instances", required=True)
     parser.add_argument("--series", required=True)
     parser.add_argument("--errors", required=True)
+    parser.add_argument("--identifiers", help="identifiers table to write (review page)")
     parser.add_argument("--batch-dir", help="folder for per-batch work lists (write-if-changed)")
     parser.add_argument(
         "--shard-lists", nargs="*", help="the scan's shard lists: file stamps for the work lists"
@@ -864,10 +874,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     identifiers = write_instances(args.instance_parts, schema, keys, args.instances)
     table_schema.write_table(series, args.series)
     table_schema.write_table(errors, args.errors)
+    if args.identifiers:
+        table_schema.write_table(identifiers_table(identifiers), args.identifiers)
     if args.batch_dir:
         stamps = read_stamps(args.shard_lists) if args.shard_lists is not None else None
         seg_headers = segmentation_headers(args.instance_parts, schema)
-        write_batches(light, rows, series, args.batch_dir, stamps, identifiers, seg_headers)
+        patient = {key: found["patient"] for key, found in identifiers.items()}
+        write_batches(light, rows, series, args.batch_dir, stamps, patient, seg_headers)
     log.info(
         "%d instances in %d series/stacks; %d error rows",
         light.num_rows,

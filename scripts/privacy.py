@@ -326,6 +326,31 @@ def json_identifiers(header: str | None, tags: dict = PATIENT_TAGS) -> list[str]
     return identifier_variants(raw)
 
 
+OTHER_TAGS = {
+    "StudyDate": "00080020",
+    "SeriesDate": "00080021",
+    "AcquisitionDate": "00080022",
+    "ContentDate": "00080023",
+    "AccessionNumber": "00080050",
+    "InstitutionName": "00080080",
+    "ReferringPhysicianName": "00080090",
+    "StationName": "00081010",
+    "PerformingPhysicianName": "00081050",
+    "OperatorsName": "00081070",
+    "DeviceSerialNumber": "00181000",
+    "StudyID": "00200010",
+}
+"""Identifying values the review page also cuts out of file paths and error details
+(folder names often hold a date or an accession number)."""
+
+
+def header_identifiers(header: str | None) -> dict[str, list[str]]:
+    """``{"patient": [...], "other": [...]}``: the values of :data:`PATIENT_TAGS` and of
+    :data:`OTHER_TAGS` in a DICOM JSON header, each with :func:`identifier_variants`.
+    """
+    return {"patient": json_identifiers(header), "other": json_identifiers(header, OTHER_TAGS)}
+
+
 def header_patient_identifiers(path: str | os.PathLike) -> list[str]:
     """PatientName, PatientID and PatientBirthDate of one DICOM file (with
     :func:`identifier_variants`), read without pixels; empty when it cannot be read.

@@ -282,6 +282,17 @@ SHEETS_SCHEMA = pa.schema(
 )
 """``_work/sheets/batch_N.parquet``: one row per contact sheet."""
 
+IDENTIFIERS_SCHEMA = pa.schema(
+    [
+        ("series_key", pa.string()),
+        ("patient", pa.list_(pa.string())),
+        ("other", pa.list_(pa.string())),
+    ]
+)
+"""``_work/identifiers.parquet`` (merge): per series, the identifying values of its first
+instance's header (:func:`privacy.header_identifiers`), which the review page must not
+show; a work table, never a final one."""
+
 QC_SCHEMA = pa.schema(
     [
         ("qc_rating", pa.int64()),

@@ -12,8 +12,8 @@ import scan_study
 def index_study(study: Path, out: Path, *merge_args: str) -> dict[str, Path]:
     """scan_study, extract_metadata per shard and merge_metadata; return the table paths.
 
-    Keys: ``instances``, ``series``, ``errors`` (extract errors) and ``batches`` (folder of
-    per-batch work lists).
+    Keys: ``instances``, ``series``, ``errors`` (extract errors), ``batches`` (folder of
+    per-batch work lists) and ``identifiers``.
     """
     assert scan_study.main(["--study", str(study), "--out-dir", str(out / "scan")]) == 0
     parts_i, parts_e = [], []
@@ -29,9 +29,11 @@ def index_study(study: Path, out: Path, *merge_args: str) -> dict[str, Path]:
         "series": out / "metadata" / "series.parquet",
         "errors": out / "errors_extract.parquet",
         "batches": out / "batches",
+        "identifiers": out / "identifiers.parquet",
     }
     args = ["--instance-parts", *parts_i, "--error-parts", *parts_e, *merge_args]
     args += ["--instances", str(paths["instances"]), "--series", str(paths["series"])]
     args += ["--errors", str(paths["errors"]), "--batch-dir", str(paths["batches"])]
+    args += ["--identifiers", str(paths["identifiers"])]
     assert merge_metadata.main(args) == 0
     return paths

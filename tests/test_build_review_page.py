@@ -89,6 +89,7 @@ def review(demo_metadata, tmp_path_factory):
         str(metadata / "errors.parquet"),
     ]
     args += ["--instances", str(demo_metadata["instances"]), "--sheets", *sheets]
+    args += ["--identifiers", str(demo_metadata["identifiers"])]
     assert build_review_page.main(args + ["--out", str(index)]) == 0
     data_file = results / build_review_page.DATA_FILE
     return {
@@ -103,6 +104,7 @@ def review(demo_metadata, tmp_path_factory):
         "errors": pq.read_table(metadata / "errors.parquet").to_pylist(),
         "args": args,
         "instances_path": demo_metadata["instances"],
+        "identifiers_path": demo_metadata["identifiers"],
     }
 
 
@@ -278,7 +280,7 @@ class TestPrivacy:
         assert sorted(v for v in found if v in text) == []
 
     def test_identifiers_are_read_from_each_series_first_header(self, review):
-        identifiers = build_review_page.series_identifiers(review["instances_path"])
+        identifiers = build_review_page.read_identifiers(review["identifiers_path"])
         assert set(identifiers) == {s["series_key"] for s in review["series"]}
         ds = pydicom.dcmread(MR_FILE, stop_before_pixels=True)
         mr = identifiers[key_of(review, MR_FILE)]
@@ -314,7 +316,7 @@ class TestPrivacy:
         series = [
             dict(s, **{column: text}) if s["series_key"] == key else s for s in review["series"]
         ]
-        identifiers = build_review_page.series_identifiers(review["instances_path"])
+        identifiers = build_review_page.read_identifiers(review["identifiers_path"])
         data = build_review_page.review_data(series, {}, [], [], {}, identifiers, {})
         text_out = json.dumps(data)
         assert text not in text_out
@@ -325,7 +327,7 @@ class TestPrivacy:
             assert entry["d" if column == "SeriesDescription" else "bp"] is None
 
     def test_other_descriptions_of_that_patient_stay(self, review):
-        identifiers = build_review_page.series_identifiers(review["instances_path"])
+        identifiers = build_review_page.read_identifiers(review["identifiers_path"])
         data = build_review_page.review_data(review["series"], {}, [], [], {}, identifiers, {})
         (entry,) = [s for s in data["series"] if s["k"] == key_of(review, demo.MR_OVERLAY)]
         assert entry["d"] == "marked lesion<MPR Collection>"

@@ -427,8 +427,10 @@ class TestPartsSchema:
         return sorted(scan.glob("shard_*.jsonl"))[0]
 
 
-def test_batch_work_lists_carry_each_series_patient_identifiers(tmp_path):
-    """The sheets step keeps them out of titles without reading a header itself."""
+def test_batch_work_lists_and_the_identifiers_table_carry_each_series_identifiers(tmp_path):
+    """The sheets step and the review page keep them out of their text without reading a
+    header themselves.
+    """
     study = copy_files(MR_FILES[:3], tmp_path / "study" / "mr")
     out = tmp_path / "out"
     tables = run_metadata(study, out)
@@ -437,6 +439,7 @@ def test_batch_work_lists_carry_each_series_patient_identifiers(tmp_path):
     args += ["--error-parts", *map(str, sorted(out.glob("shard_*.e.parquet")))]
     args += ["--instances", str(tmp_path / "i.parquet"), "--series", str(tmp_path / "s.parquet")]
     args += ["--errors", str(tmp_path / "e.parquet"), "--batch-dir", str(batch_dir)]
+    args += ["--identifiers", str(tmp_path / "identifiers.parquet")]
     assert merge_metadata.main(args) == 0
     (part,) = sorted(batch_dir.glob("batch_*.series.parquet"))
     (record,) = pq.read_table(part).to_pylist()
@@ -445,3 +448,10 @@ def test_batch_work_lists_carry_each_series_patient_identifiers(tmp_path):
     assert expected <= set(record["patient_identifiers"])
     assert "patient_identifiers" not in pq.read_schema(tmp_path / "s.parquet").names
     assert "patient_identifiers" not in tables["series"][0]
+    identifiers = pq.read_table(tmp_path / "identifiers.parquet")
+    assert identifiers.schema == table_schema.IDENTIFIERS_SCHEMA
+    (row,) = identifiers.to_pylist()
+    assert row["series_key"] == record["series_key"]
+    assert row["patient"] == record["patient_identifiers"]
+    assert {ds.StudyDate, str(ds.InstitutionName), str(ds.StationName)} <= set(row["other"])
+    assert "1970-06-06" in row["patient"] and ds.PatientBirthDate == "19700606"

@@ -9,6 +9,8 @@ checkpoint merge_metadata:
         # metadata/series.parquet is this table with the ratings joined (finalize_tables)
         series=res("_work/series.parquet"),
         errors=res("_work/errors_extract.parquet"),
+        # each series' identifying values, which the review page must not show
+        identifiers=res("_work/identifiers.parquet"),
     log:
         res("logs/merge_metadata.log"),
     benchmark:
@@ -28,5 +30,6 @@ checkpoint merge_metadata:
         " --error-parts {input.errors:q} {params.keywords}"
         " --series-per-batch {params.series_per_batch}"
         " --instances {output.instances:q} --series {output.series:q}"
-        " --errors {output.errors:q} --batch-dir {params.batch_dir:q}"
+        " --errors {output.errors:q} --identifiers {output.identifiers:q}"
+        " --batch-dir {params.batch_dir:q}"
         " --shard-lists {input.shard_lists:q} > {log:q} 2>&1"

@@ -38,8 +38,9 @@ rule build_review_page:
         series=res("metadata/series.parquet"),
         slices=res("metadata/slices.parquet"),
         errors=res("metadata/errors.parquet"),
-        # which series each error row's file belongs to, and its patient's identifiers
+        # which series each error row's file belongs to, and SEG links
         instances=res("metadata/instances.parquet"),
+        identifiers=res("_work/identifiers.parquet"),
         sheets=batch_parts("_work/sheets/batch_{batch}.parquet"),
         script=script("build_review_page"),
         template=str(SCRIPTS / "review_page.html"),
@@ -60,4 +61,5 @@ rule build_review_page:
     shell:
         "python {input.script:q} --series {input.series:q} --slices {input.slices:q}"
         " --errors {input.errors:q} --instances {input.instances:q}"
+        " --identifiers {input.identifiers:q}"
         " --sheets {input.sheets:q} --out {output.page:q} > {log:q} 2>&1"
