@@ -17,6 +17,9 @@ rule make_contact_sheets:
         res("logs/make_contact_sheets/batch_{batch}.log"),
     benchmark:
         res("benchmarks/make_contact_sheets/batch_{batch}.tsv")
+    # a batch's later steps go before other batches' earlier ones: batches finish one
+    # after another, so no lone batch runs its last steps on one core at the end
+    priority: 3
     conda:
         "../envs/pipeline.yaml"
     params:

@@ -12,6 +12,9 @@ rule save_slices:
         res("logs/save_slices/batch_{batch}.log"),
     benchmark:
         res("benchmarks/save_slices/batch_{batch}.tsv")
+    # a batch's later steps go before other batches' earlier ones: batches finish one
+    # after another, so no lone batch runs its last steps on one core at the end
+    priority: 1
     conda:
         "../envs/pipeline.yaml"
     resources:

@@ -8,6 +8,9 @@ rule render_thumbnails:
         res("logs/render_thumbnails/batch_{batch}.log"),
     benchmark:
         res("benchmarks/render_thumbnails/batch_{batch}.tsv")
+    # a batch's later steps go before other batches' earlier ones: batches finish one
+    # after another, so no lone batch runs its last steps on one core at the end
+    priority: 2
     conda:
         "../envs/pipeline.yaml"
     params:
