@@ -25,6 +25,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import BaseTag
 
+import multiframe
 import privacy
 import series_cache
 import sharding
@@ -167,7 +168,8 @@ def extract_file(
 ) -> tuple[dict | None, list[dict]]:
     """Index one file: its instance row (or None) and its error rows.
 
-    With a pseudonymisation ``key``, identifying values are replaced (see ``privacy``).
+    With a pseudonymisation ``key``, identifying values are replaced (see ``privacy``). A
+    Siemens mosaic's row also holds its layout (``table_schema.MOSAIC_FIELDS``).
     """
     json_model = None
     fast = read_header_fast(study / path, _keep(tuple(keywords)))
@@ -188,6 +190,7 @@ def extract_file(
     errors = [_error(path, reason, detail, "warning") for reason, detail in warnings]
     if key is not None:
         row, errors = pseudonymized(row, errors, key)
+    row.update(multiframe.mosaic_columns(row))  # from header_json, as the merge would see it
     return row, errors
 
 
@@ -223,7 +226,8 @@ def extract_shard(
     key: bytes | None = None,
     reuse: tuple[pa.Table, pa.Table, set[str]] | None = None,
 ):
-    """Index every file of a shard; returns ``(instances table, errors table)`` sorted by path.
+    """Index every file of a shard; returns ``(instances table, errors table)`` sorted by path
+    (the instances with :data:`table_schema.MOSAIC_FIELDS`).
 
     ``reuse`` is ``(instances, errors, paths)`` from an earlier run of this shard: the rows
     of those paths are taken from there instead of reading the files again.
@@ -238,7 +242,7 @@ def extract_shard(
         if row is not None:
             rows.append(row)
         errors.extend(file_errors)
-    schema = table_schema.instances_schema(extra_keywords)
+    schema = table_schema.shard_schema(table_schema.instances_schema(extra_keywords))
     instances = table_schema.table_from_rows(rows, schema)
     errors = table_schema.table_from_rows(errors, table_schema.ERRORS_SCHEMA)
     if kept:

@@ -388,10 +388,13 @@ OUTPUT_ROW_GROUP = 1024
 
 
 def read_light(parts: Sequence[str], schema: pa.Schema) -> pa.Table:
-    """Every shard's instance rows without header_json, sorted by path."""
-    columns = [name for name in schema.names if name != "header_json"]
-    light = schema.remove(schema.get_field_index("header_json"))
-    tables = [pq.read_table(p, columns=columns, schema=schema).select(columns) for p in parts]
+    """Every shard's instance rows without header_json, with the shards' mosaic layouts
+    (``table_schema.MOSAIC_FIELDS``), sorted by path.
+    """
+    shard = table_schema.shard_schema(schema)
+    columns = [name for name in shard.names if name != "header_json"]
+    light = shard.remove(shard.get_field_index("header_json"))
+    tables = [pq.read_table(p, columns=columns, schema=shard).select(columns) for p in parts]
     table = pa.concat_tables(tables) if tables else light.empty_table()
     return table.sort_by("path")
 
@@ -406,10 +409,7 @@ def multi_frame_headers(parts: Sequence[str], schema: pa.Schema) -> dict[str, st
         multi = pc.greater(pc.fill_null(frames.column("NumberOfFrames"), 1), 1)
         image_type = pc.list_flatten(frames.column("ImageType"))
         if pc.any(pc.equal(pc.utf8_upper(image_type), "MOSAIC")).as_py():
-            mosaic = [
-                "MOSAIC" in [str(v).upper() for v in t or ()]
-                for t in frames.column("ImageType").to_pylist()
-            ]
+            mosaic = [multiframe.is_mosaic(t) for t in frames.column("ImageType").to_pylist()]
             multi = pc.or_(multi, pa.array(mosaic))
         if not pc.any(multi).as_py():
             continue
@@ -424,12 +424,24 @@ def grouping_rows(light: pa.Table, headers: dict[str, str]) -> list[dict]:
 
     Multi-frame rows get their per-frame positions (``frame_positions``), and their
     orientation and pixel spacing from the functional groups when the top level has
-    none (enhanced CT/MR); the instances table itself keeps the header as it is.
+    none (enhanced CT/MR); the instances table itself keeps the header as it is. A mosaic
+    the extract step laid out (``mosaic_tiles`` set) takes that layout as it is.
     """
     rows = light.to_pylist()
     for i, row in enumerate(rows):
         row["_row"] = i
-    if not headers:
+        laid_out = (row.pop("mosaic_tile_rows"), row.pop("mosaic_tile_columns"))
+        positions = row.pop("mosaic_positions")
+        if row["mosaic_tiles"] is not None and row["path"] not in headers:
+            row["mosaic_tiles"] = None  # not a mosaic to the merge: laid out as before
+        elif row["mosaic_tiles"] is not None:
+            row.update(
+                Rows=laid_out[0],
+                Columns=laid_out[1],
+                frame_positions=None if positions is None else np.asarray(positions),
+                header_json=headers[row["path"]],
+            )
+    if not any(r["mosaic_tiles"] is None for r in rows if r["path"] in headers):
         return rows  # pydicom (about 0.4 s to import) only for multi-frame geometry
     from pydicom.dataset import Dataset
 
@@ -438,7 +450,7 @@ def grouping_rows(light: pa.Table, headers: dict[str, str]) -> list[dict]:
     out = []
     for row in rows:
         header = headers.get(row["path"])
-        if header is None:
+        if header is None or row["mosaic_tiles"] is not None:
             out.append(row)
             continue
         row["header_json"] = header
@@ -503,10 +515,11 @@ SHARD_STREAM_BATCH = 128
 
 
 class _ShardStream:
-    """Rows of one path-sorted shard table, read a row group at a time."""
+    """Rows of one path-sorted shard table (its ``columns``), read a row group at a time."""
 
-    def __init__(self, path: str):
-        self._batches = pq.ParquetFile(path).iter_batches(batch_size=SHARD_STREAM_BATCH)
+    def __init__(self, path: str, columns: list[str]):
+        parquet = pq.ParquetFile(path)
+        self._batches = parquet.iter_batches(batch_size=SHARD_STREAM_BATCH, columns=columns)
         self.batch: pa.RecordBatch | None = None
         self.paths: list[str] = []
         self.pos = 0
@@ -534,7 +547,7 @@ def write_instances(
     page need read a header to keep them out of their text.
     """
     identifiers: dict[str, dict[str, list[str]]] = {}
-    streams = [s for s in (_ShardStream(p) for p in parts) if s.batch is not None]
+    streams = [s for s in (_ShardStream(p, schema.names) for p in parts) if s.batch is not None]
     heap = [(s.paths[0], i) for i, s in enumerate(streams)]
     heapq.heapify(heap)
     key_index = schema.get_field_index("series_key")
@@ -586,12 +599,15 @@ def write_instances(
 
 
 def parts_schema(instance_parts: Sequence[str], extra_keywords=()) -> pa.Schema:
-    """Schema of the shard tables, as extract wrote them (computing it from the keywords
-    needs pydicom's dictionary: about 0.4 s of import on the serial merge).
+    """Schema of the instances in the shard tables, as extract wrote them, without the
+    shards' own :data:`table_schema.MOSAIC_FIELDS` (computing it from the keywords needs
+    pydicom's dictionary: about 0.4 s of import on the serial merge).
     """
     if not instance_parts:
         return table_schema.instances_schema(extra_keywords)
     fields = pq.read_schema(instance_parts[0]).remove_metadata()
+    for name in (f.name for f in table_schema.MOSAIC_FIELDS if f.name in fields.names):
+        fields = fields.remove(fields.get_field_index(name))
     # Parquet names list items "element"; Arrow (and instances_schema) "item"
     return pa.schema(
         f.with_type(pa.list_(f.type.value_type)) if pa.types.is_list(f.type) else f for f in fields

@@ -268,6 +268,40 @@ def mosaic_layout(ds) -> Mosaic | None:
     return Mosaic(n, tile_rows, tile_columns, positions)
 
 
+def is_mosaic(image_type) -> bool:
+    """Whether an ImageType value (a list, or None) names a MOSAIC image."""
+    return "MOSAIC" in [str(v).upper() for v in image_type or ()]
+
+
+def mosaic_columns(row: dict) -> dict:
+    """The shard columns of an instance row (``table_schema.MOSAIC_FIELDS``): its mosaic
+    layout, from its ``header_json``, as the merge would find it; empty (nulls) when the row
+    is no single-frame mosaic or when the merge must look at the header itself (a layout
+    that fails, or a row without its own orientation or pixel spacing).
+    """
+    if (row.get("NumberOfFrames") or 1) != 1 or not is_mosaic(row.get("ImageType")):
+        return {}
+    if row.get("ImageOrientationPatient") is None or row.get("PixelSpacing") is None:
+        return {}
+    import json
+
+    try:
+        ds = mosaic_dataset(json.loads(row["header_json"]))
+        geometry.frame_positions(ds)  # the merge's path: if this fails, so does its layout
+        mosaic = mosaic_layout(ds)
+    except Exception:  # noqa: BLE001 - the merge then tries the header and records why
+        return {}
+    if mosaic is None:
+        return {}
+    finite = bool(np.isfinite(mosaic.positions).all())
+    return {
+        "mosaic_tiles": mosaic.n_tiles,
+        "mosaic_tile_rows": mosaic.tile_rows,
+        "mosaic_tile_columns": mosaic.tile_columns,
+        "mosaic_positions": mosaic.positions.tolist() if finite else None,
+    }
+
+
 def cut_tile(image: np.ndarray, n_tiles: int, tile: int) -> np.ndarray:
     """Tile ``tile`` (0-based, row-major) of a mosaic image holding ``n_tiles`` slices."""
     per_side = math.ceil(math.sqrt(n_tiles))

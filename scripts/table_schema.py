@@ -211,6 +211,25 @@ def instances_schema(extra_keywords: Iterable[str] = ()) -> pa.Schema:
     return pa.schema(fields)
 
 
+MOSAIC_FIELDS = [
+    pa.field("mosaic_tiles", pa.int32()),
+    pa.field("mosaic_tile_rows", pa.int32()),
+    pa.field("mosaic_tile_columns", pa.int32()),
+    pa.field("mosaic_positions", pa.list_(pa.list_(pa.float64()))),
+]
+"""Columns only the extract shards hold, after the instances columns: a Siemens mosaic's
+layout (``multiframe.mosaic_columns``), worked out where its header is parsed, in parallel
+and kept by the per-file cache, so the serial merge need not. Null for other files, and for
+a mosaic the merge lays out from its header itself."""
+
+
+def shard_schema(instances: pa.Schema) -> pa.Schema:
+    """Schema of an extract shard table: ``instances`` (:func:`instances_schema`) and
+    :data:`MOSAIC_FIELDS`.
+    """
+    return pa.schema([*instances, *MOSAIC_FIELDS])
+
+
 ERRORS_SCHEMA = pa.schema(
     [
         ("path", pa.string()),

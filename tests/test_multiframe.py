@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pydicom
 import pytest
@@ -26,6 +27,7 @@ import demo
 import merge_metadata
 import multiframe
 import save_slices
+import table_schema
 from steps import index_study
 
 FIXTURES = demo.ROOT / "tests" / "fixtures"
@@ -107,6 +109,51 @@ class TestMosaicLayout:
             reference.tile_columns,
         )
         np.testing.assert_array_equal(ours.positions, reference.positions)
+
+    def test_the_extract_shard_holds_the_layout_the_header_gives(self, mosaic_run):
+        (part,) = sorted(mosaic_run["metadata"]["root"].glob("shard_*.instances.parquet"))
+        rows = {r["path"].split("/")[0]: r for r in pq.read_table(part).to_pylist()}
+        reference = multiframe.mosaic_layout(pydicom.dcmread(MOSAIC, stop_before_pixels=True))
+        mosaic = rows["mosaic"]
+        assert (mosaic["mosaic_tiles"], mosaic["mosaic_tile_rows"]) == (25, 128)
+        assert mosaic["mosaic_tile_columns"] == 128 and mosaic["Rows"] == 640
+        np.testing.assert_array_equal(mosaic["mosaic_positions"], reference.positions)
+        assert [rows["enhanced"][f.name] for f in table_schema.MOSAIC_FIELDS] == [None] * 4
+
+    def test_the_merge_gives_the_same_bytes_when_it_lays_mosaics_out_itself(
+        self, mosaic_run, tmp_path
+    ):
+        """The shards' layouts (worked out in parallel) against the merge's own path from
+        each mosaic's header: instances, series and work lists are the same bytes."""
+        root = mosaic_run["metadata"]["root"]
+        blanked = []
+        for part in sorted(root.glob("shard_*.instances.parquet")):
+            table = pq.read_table(part)
+            for field in table_schema.MOSAIC_FIELDS:
+                index = table.schema.get_field_index(field.name)
+                table = table.set_column(index, field, pa.nulls(table.num_rows, field.type))
+            blanked.append(tmp_path / part.name)
+            pq.write_table(table, blanked[-1])
+        errors = sorted(root.glob("shard_*.errors.parquet"))
+        out = {}
+        for name, parts in (
+            ("shards", sorted(root.glob("shard_*.instances.parquet"))),
+            ("header", blanked),
+        ):
+            folder = tmp_path / name
+            args = ["--instance-parts", *map(str, parts), "--error-parts", *map(str, errors)]
+            args += [
+                "--instances",
+                str(folder / "i.parquet"),
+                "--series",
+                str(folder / "s.parquet"),
+            ]
+            args += ["--errors", str(folder / "e.parquet"), "--batch-dir", str(folder / "b")]
+            assert merge_metadata.main(args) == 0
+            out[name] = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*.parquet")}
+        assert len(out["shards"]) >= 5 and out["shards"] == out["header"]
+        instances = pq.read_table(tmp_path / "shards" / "i.parquet")
+        assert not {f.name for f in table_schema.MOSAIC_FIELDS} & set(instances.schema.names)
 
     def test_the_csa_image_header_is_kept_in_header_json(self, mosaic_run):
         rows = pq.read_table(mosaic_run["metadata"]["instances"]).to_pylist()
