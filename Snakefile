@@ -5,7 +5,7 @@
 # every --config and would only be found from the repository folder).
 from snakemake.utils import min_version
 
-min_version("9.0")
+min_version("9.17")  # priority given by a function (extract_metadata)
 
 
 include: "workflow/rules/common.smk"

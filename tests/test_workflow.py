@@ -139,6 +139,20 @@ class TestSnakemakeChecks:
             "_work/scan/shard_0000.jsonl"
         ]
 
+    def test_larger_extract_shards_go_first(self, tmp_path):
+        (tmp_path / "small_shards.yaml").write_text("scan:\n  files_per_shard: 16\n")
+        args = ["-n", "--configfile", "small_shards.yaml"]
+        proc = snakemake(tmp_path, *args, "--config", f"study={demo.STUDY}", "results=results")
+        priorities = {}
+        for job in (proc.stdout + proc.stderr).split("rule extract_metadata:")[1:]:
+            shard = re.search(r"wildcards: shard=(\d+)", job).group(1)
+            given = re.search(r"priority: (\d+)", job)  # not shown when 0
+            priorities[shard] = int(given.group(1)) if given else 0
+        lists = sorted((tmp_path / "results" / "_work" / "scan").glob("shard_*.jsonl"))
+        files = {p.stem.removeprefix("shard_"): len(p.read_text().splitlines()) for p in lists}
+        assert len(files) >= 4 and len(set(files.values())) > 1
+        assert priorities == files  # the scheduler starts the shards with most files first
+
     def test_an_empty_study_folder_stops_with_one_clear_line(self, tmp_path):
         (tmp_path / "empty" / "sub").mkdir(parents=True)
         proc = snakemake(tmp_path, "-n", "--config", "study=empty", check=False)

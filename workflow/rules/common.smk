@@ -90,6 +90,12 @@ def results_root(wildcards, output):
     return str(path.parents[len(path.relative_to(RESULTS).parts) - 1])
 
 
+def shard_priority(wildcards):
+    """An extract job's priority: the number of files in its shard list."""
+    with open(res(f"_work/scan/shard_{wildcards.shard}.jsonl"), "rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
 def script(name):
     """Path of a step's script, so that editing the script re-runs its rule."""
     return str(SCRIPTS / f"{name}.py")

@@ -9,6 +9,8 @@ rule extract_metadata:
         res("logs/extract_metadata/shard_{shard}.log"),
     benchmark:
         res("benchmarks/extract_metadata/shard_{shard}.tsv")
+    # larger shards first, so that the cores finish their last shards together
+    priority: shard_priority
     conda:
         "../envs/pipeline.yaml"
     resources:
