@@ -5,11 +5,13 @@ munged, slurmctld and slurmd; the workflow then runs on the demo study once thro
 SLURM profile and once through the local profile, on the same study folder, and the two
 results folders must be identical byte for byte. The daemons are stopped afterwards.
 Skipped only when SLURM cannot be installed here (or another test cluster holds the
-machine's /etc/slurm/slurm.conf).
+machine's /etc/slurm/slurm.conf), or without the SLURM executor plugin
+(requirements-cluster.txt; `.ci/run` installs it).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -49,6 +51,8 @@ def _cluster_script(name: str, state: Path, timeout: int) -> subprocess.Complete
 @pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory):
     """A running single-node SLURM cluster (its state folder), stopped after this module."""
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("no SLURM executor plugin: pip install -r requirements-cluster.txt")
     state = tmp_path_factory.mktemp("slurm")
     proc = _cluster_script("start_slurm.sh", state, timeout=900)
     if proc.returncode in (CANNOT_INSTALL, SLOT_TAKEN):
