@@ -26,17 +26,21 @@ print(json.dumps({{"loaded": loaded, "modality": ds.Modality}}))
 """
 
 
-def probe(argv0: str) -> dict:
-    """Modules loaded by a process that believes it runs ``argv0`` and reads a demo file."""
-    code = PROBE.format(path=str(demo.CT_SMALL), watched=WATCHED)
+def run_python(code: str, *args: str) -> dict:
+    """The JSON that ``python -c code args`` prints, with scripts/ importable."""
     out = subprocess.run(
-        [sys.executable, "-c", code, argv0],
+        [sys.executable, "-c", code, *args],
         env={"PYTHONPATH": str(SCRIPTS), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         check=True,
     )
     return json.loads(out.stdout)
+
+
+def probe(argv0: str) -> dict:
+    """Modules loaded by a process that believes it runs ``argv0`` and reads a demo file."""
+    return run_python(PROBE.format(path=str(demo.CT_SMALL), watched=WATCHED), argv0)
 
 
 @pytest.mark.parametrize(
@@ -79,13 +83,6 @@ except ImportError as exc:
     why = str(exc)
 print(json.dumps({{"sum": int(pixels.sum()), "why": why}}))
 """
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        env={"PYTHONPATH": str(SCRIPTS), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    found = json.loads(out.stdout)
+    found = run_python(code)
     assert found["sum"] == sum(range(48))
     assert found["why"] == "this step does not use pillow_heif"
