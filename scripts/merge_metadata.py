@@ -360,21 +360,7 @@ def build_series(rows: list[dict], series_per_batch: int) -> tuple[list[dict], l
     return records, instance_keys
 
 
-BATCH_INSTANCE_COLUMNS = [
-    "path",
-    "series_key",
-    "NumberOfFrames",
-    "InstanceNumber",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "header_json",
-    "frames",
-    "frame_positions",
-    "mosaic_tiles",
-]
-"""Instance columns the per-batch stages need (header_json only for multi-frame rows).
-The last three say which slices a stack takes from a multi-frame or mosaic instance:
-its frames (null: all), their positions, and the mosaic's tile count."""
+BATCH_INSTANCE_COLUMNS = table_schema.BATCH_INSTANCE_COLUMNS
 
 FRAME_GROUP_FIELDS = [
     pa.field("frames", pa.list_(pa.int32())),
@@ -726,8 +712,7 @@ def segmentation_headers(parts: Sequence[str], schema: pa.Schema) -> dict[str, s
     return headers
 
 
-SEG_SOURCE_COLUMNS = ("SOPInstanceUID", "seg_source")
-"""Columns a batch's instance work list gains when a SEG of the batch has source images."""
+SEG_SOURCE_COLUMNS = table_schema.SEG_SOURCE_COLUMNS
 
 
 def _seg_identity(series_uid: str | None, key: str) -> str:

@@ -30,7 +30,6 @@ from pydicom.dataset import Dataset
 import dicom_io
 import fast_header
 import geometry
-import merge_metadata
 import multiframe
 import pixel_decoders
 import privacy
@@ -40,13 +39,12 @@ import series_cache
 import slide
 import table_schema
 import volumes
-from merge_metadata import BATCH_INSTANCE_COLUMNS
 
 log = logging.getLogger("save_slices")
 
 MANIFEST_SCHEMA = table_schema.MANIFEST_SCHEMA
 
-INSTANCE_COLUMNS = BATCH_INSTANCE_COLUMNS
+INSTANCE_COLUMNS = table_schema.BATCH_INSTANCE_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -789,7 +787,7 @@ def read_instances(path, keys: Sequence[str] | None = None) -> list[dict]:
     taken whole).
     """
     available = set(pq.read_schema(path).names)
-    wanted = [*INSTANCE_COLUMNS, *merge_metadata.SEG_SOURCE_COLUMNS]  # the last: SEG batches
+    wanted = [*INSTANCE_COLUMNS, *table_schema.SEG_SOURCE_COLUMNS]  # the last: SEG batches
     columns = [c for c in wanted if c in available]
     rows = table_schema.read_table(path, columns).to_pylist()
     if keys is None:

@@ -230,6 +230,27 @@ def shard_schema(instances: pa.Schema) -> pa.Schema:
     return pa.schema([*instances, *MOSAIC_FIELDS])
 
 
+BATCH_INSTANCE_COLUMNS = [
+    "path",
+    "series_key",
+    "NumberOfFrames",
+    "InstanceNumber",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "header_json",
+    "frames",
+    "frame_positions",
+    "mosaic_tiles",
+]
+"""Instance columns of a batch's work list (``_work/batches/batch_N.instances.parquet``,
+written by the merge) that the per-batch stages need (header_json only for multi-frame
+rows). The last three say which slices a stack takes from a multi-frame or mosaic
+instance: its frames (null: all), their positions, and the mosaic's tile count."""
+
+SEG_SOURCE_COLUMNS = ("SOPInstanceUID", "seg_source")
+"""Columns a batch's instance work list gains when a SEG of the batch has source images."""
+
+
 ERRORS_SCHEMA = pa.schema(
     [
         ("path", pa.string()),
