@@ -386,16 +386,23 @@ def read_light(parts: Sequence[str], schema: pa.Schema) -> pa.Table:
 
 
 def multi_frame_headers(parts: Sequence[str], schema: pa.Schema) -> dict[str, str]:
-    """header_json of multi-frame and mosaic instances (their per-frame geometry lives
-    there), by path.
+    """header_json of multi-frame instances and of mosaics the extract step did not lay
+    out (their per-frame geometry lives there), by path. A shard without either is not
+    read further: decompressing its header_json column is most of what reading it costs.
     """
     headers: dict[str, str] = {}
+    shard = table_schema.shard_schema(schema)
     for part in parts:
-        frames = pq.read_table(part, columns=["path", "NumberOfFrames", "ImageType"], schema=schema)
+        columns = ["path", "NumberOfFrames", "ImageType", "mosaic_tiles"]
+        frames = pq.read_table(part, columns=columns, schema=shard)
         multi = pc.greater(pc.fill_null(frames.column("NumberOfFrames"), 1), 1)
         image_type = pc.list_flatten(frames.column("ImageType"))
         if pc.any(pc.equal(pc.utf8_upper(image_type), "MOSAIC")).as_py():
-            mosaic = [multiframe.is_mosaic(t) for t in frames.column("ImageType").to_pylist()]
+            types = frames.column("ImageType").to_pylist()
+            laid_out = frames.column("mosaic_tiles").to_pylist()
+            mosaic = [
+                multiframe.is_mosaic(t) and n is None for t, n in zip(types, laid_out, strict=True)
+            ]
             multi = pc.or_(multi, pa.array(mosaic))
         if not pc.any(multi).as_py():
             continue
@@ -411,21 +418,19 @@ def grouping_rows(light: pa.Table, headers: dict[str, str]) -> list[dict]:
     Multi-frame rows get their per-frame positions (``frame_positions``), and their
     orientation and pixel spacing from the functional groups when the top level has
     none (enhanced CT/MR); the instances table itself keeps the header as it is. A mosaic
-    the extract step laid out (``mosaic_tiles`` set) takes that layout as it is.
+    the extract step laid out (``mosaic_tiles`` set) takes that layout as it is, and its
+    header is not needed (the batch steps read headers of multi-frame objects only).
     """
     rows = light.to_pylist()
     for i, row in enumerate(rows):
         row["_row"] = i
         laid_out = (row.pop("mosaic_tile_rows"), row.pop("mosaic_tile_columns"))
         positions = row.pop("mosaic_positions")
-        if row["mosaic_tiles"] is not None and row["path"] not in headers:
-            row["mosaic_tiles"] = None  # not a mosaic to the merge: laid out as before
-        elif row["mosaic_tiles"] is not None:
+        if row["mosaic_tiles"] is not None:
             row.update(
                 Rows=laid_out[0],
                 Columns=laid_out[1],
                 frame_positions=None if positions is None else np.asarray(positions),
-                header_json=headers[row["path"]],
             )
     if not any(r["mosaic_tiles"] is None for r in rows if r["path"] in headers):
         return rows  # pydicom (about 0.4 s to import) only for multi-frame geometry
