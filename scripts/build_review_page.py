@@ -60,12 +60,6 @@ FREE_TEXT = (
 # ---------------------------------------------------------------- patient identifiers
 
 
-PATIENT_TAGS = privacy.PATIENT_TAGS
-"""Free text that repeats one of these is not shown (:func:`privacy.blank_identifying`)."""
-OTHER_TAGS = privacy.OTHER_TAGS
-"""Also cut out of file paths and error details shown on the page."""
-
-
 def _error_cells(row: dict, identifiers) -> list:
     """An error row as the page shows it: path, severity, reason, detail, identifiers cut out."""
     return [

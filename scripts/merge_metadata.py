@@ -360,8 +360,6 @@ def build_series(rows: list[dict], series_per_batch: int) -> tuple[list[dict], l
     return records, instance_keys
 
 
-BATCH_INSTANCE_COLUMNS = table_schema.BATCH_INSTANCE_COLUMNS
-
 FRAME_GROUP_FIELDS = [
     pa.field("frames", pa.list_(pa.int32())),
     pa.field("frame_positions", pa.list_(pa.list_(pa.float64()))),
@@ -426,13 +424,13 @@ def grouping_rows(light: pa.Table, headers: dict[str, str]) -> list[dict]:
         row["_row"] = i
         laid_out = (row.pop("mosaic_tile_rows"), row.pop("mosaic_tile_columns"))
         positions = row.pop("mosaic_positions")
-        if row["mosaic_tiles"] is not None:
+        if row["mosaic_tiles"] is not None:  # never in ``headers`` (multi_frame_headers)
             row.update(
                 Rows=laid_out[0],
                 Columns=laid_out[1],
                 frame_positions=None if positions is None else np.asarray(positions),
             )
-    if not any(r["mosaic_tiles"] is None for r in rows if r["path"] in headers):
+    if not headers:
         return rows  # pydicom (about 0.4 s to import) only for multi-frame geometry
     from pydicom.dataset import Dataset
 
@@ -441,7 +439,7 @@ def grouping_rows(light: pa.Table, headers: dict[str, str]) -> list[dict]:
     out = []
     for row in rows:
         header = headers.get(row["path"])
-        if header is None or row["mosaic_tiles"] is not None:
+        if header is None:
             out.append(row)
             continue
         row["header_json"] = header
@@ -690,7 +688,9 @@ def batch_tables(
     )
     paths = columns.column("path").to_pylist()
     header_column = pa.array([row.get("header_json") for row in rows], pa.string())
-    columns = columns.select(BATCH_INSTANCE_COLUMNS[:6]).append_column("header_json", header_column)
+    columns = columns.select(table_schema.BATCH_INSTANCE_COLUMNS[:6]).append_column(
+        "header_json", header_column
+    )
     for group_field in FRAME_GROUP_FIELDS:
         columns = columns.append_column(group_field, _frame_group_column(rows, group_field))
     if stamps is not None:
@@ -715,9 +715,6 @@ def segmentation_headers(parts: Sequence[str], schema: pa.Schema) -> dict[str, s
         table = pq.read_table(part, columns=["path", "header_json"], schema=schema).filter(seg)
         headers.update(zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True))
     return headers
-
-
-SEG_SOURCE_COLUMNS = table_schema.SEG_SOURCE_COLUMNS
 
 
 def _seg_identity(series_uid: str | None, key: str) -> str:
@@ -793,7 +790,7 @@ def add_segmentation_sources(
         if not extra:
             continue
         if light_rows is None:
-            light_rows = light.select(BATCH_INSTANCE_COLUMNS[:6]).to_pylist()
+            light_rows = light.select(table_schema.BATCH_INSTANCE_COLUMNS[:6]).to_pylist()
         rows = batch_instances.to_pylist()
         for row in rows:
             row.update(SOPInstanceUID=sop_column[path_index[row["path"]]], seg_source=False)

@@ -195,7 +195,7 @@ def _csa_bytes(ds) -> bytes | None:
 
 def mosaic_csa(ds) -> dict | None:
     """The parsed CSA image header of a MOSAIC image, else None (read once per header)."""
-    if "MOSAIC" not in [str(v).upper() for v in (ds.get("ImageType") or [])]:
+    if not is_mosaic(ds.get("ImageType")):
         return None
     raw = _csa_bytes(ds)
     if raw is None:

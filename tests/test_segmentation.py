@@ -19,6 +19,7 @@ import render_thumbnails
 import save_slices
 import segmentation
 import steps
+import table_schema
 
 FIXTURE = Path(__file__).parent / "fixtures" / "seg_sm" / "study"
 SEG_BINARY = FIXTURE / "seg" / "seg_image_ct_binary.dcm"
@@ -259,7 +260,7 @@ class TestMergeSources:
     def tables(series, light, keys_by_batch):
         """Work lists as batch_tables makes them, for the given split of series keys."""
         out = {}
-        columns = light.select(merge_metadata.BATCH_INSTANCE_COLUMNS[:6])
+        columns = light.select(table_schema.BATCH_INSTANCE_COLUMNS[:6])
         columns = columns.append_column("header_json", pa.nulls(light.num_rows, pa.string()))
         for field in merge_metadata.FRAME_GROUP_FIELDS:
             columns = columns.append_column(field, pa.nulls(light.num_rows, field.type))

@@ -186,7 +186,7 @@ def final_outputs():
     ]
 
 
-def cancel_pending_timers(log=None):
+def cancel_pending_timers():
     """Cancel the threading timers left when the run is over.
 
     Snakemake's scheduler arms a 1 s timer (its job-rate limit, 100 jobs a second by
