@@ -556,7 +556,8 @@ def write_instances(
                 for row, key in enumerate(chunk_keys.to_pylist()):
                     if key not in identifiers and key not in first:
                         first[key] = row
-                headers = chunk.column("header_json").take(list(first.values())).to_pylist()
+                rows = pa.array(list(first.values()), pa.int64())  # may be empty: typed
+                headers = chunk.column("header_json").take(rows).to_pylist()
                 for key, header in zip(first, headers, strict=True):
                     identifiers[key] = privacy.header_identifiers(header)
                 # one chunk per column: the writer's pages follow the chunks, and these

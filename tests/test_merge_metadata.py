@@ -117,6 +117,19 @@ class TestMain:
         assert many["series"] == one["series"]
         assert many["instances"] == one["instances"]
 
+    def test_a_series_longer_than_two_row_groups_merges(
+        self, study, mr_folder, tmp_path, monkeypatch
+    ):
+        """Row groups of instances.parquet that hold only series already seen (one
+        series of thousands of files does that at the real size, 1,024 rows) are written.
+        """
+        one = run_metadata(study, tmp_path / "one")
+        monkeypatch.setattr(merge_metadata, "OUTPUT_ROW_GROUP", 4)
+        small = run_metadata(study, tmp_path / "small")
+        assert pq.ParquetFile(small["paths"]["instances"]).metadata.num_row_groups == 9
+        assert small["instances"] == one["instances"]
+        assert small["series"] == one["series"]
+
     def test_series_with_a_slice_removed_has_one_missing_slice_and_is_no_volume(
         self, study, mr_folder, tmp_path
     ):
