@@ -13,7 +13,6 @@ from __future__ import annotations
 import lean_imports  # noqa: F401 - first: keeps unused packages out of this process
 
 import argparse
-import heapq
 import json
 import logging
 import os
@@ -76,6 +75,32 @@ SERIES_SCHEMA = pa.schema(
         ("batch", pa.int64()),
     ]
 )
+
+
+SERIES_KEYWORDS = (
+    "Modality",
+    "SeriesNumber",
+    "SeriesDescription",
+    "StudyDescription",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "BodyPartExamined",
+    "Rows",
+    "Columns",
+    "PhotometricInterpretation",
+    "PixelSpacing",
+)
+"""Instance columns a series row takes from its first instance that has them."""
+
+GROUPING_COLUMNS = (
+    ("path", "file_size", "has_pixels", "StudyInstanceUID", "SeriesInstanceUID")
+    + SERIES_KEYWORDS
+    + ("ImagePositionPatient", "ImageOrientationPatient", "NumberOfFrames", "InstanceNumber")
+    + ("AcquisitionNumber", "EchoNumbers", "TemporalPositionIdentifier")
+    + tuple(f.name for f in table_schema.MOSAIC_FIELDS)
+)
+"""The columns grouping and series rows read: rows of every instance are Python dicts, at
+100,000 instances about 4.7 KB each with every column, so only these are made."""
 
 
 def series_identity(row: dict) -> tuple[str, str]:
@@ -287,19 +312,7 @@ def stack_record(rows: list[dict], stack: Stack, single_orientation: bool | None
         "has_pixels": bool(first["has_pixels"]),
         "single_orientation": single_orientation,
     }
-    for keyword in (
-        "Modality",
-        "SeriesNumber",
-        "SeriesDescription",
-        "StudyDescription",
-        "Manufacturer",
-        "ManufacturerModelName",
-        "BodyPartExamined",
-        "Rows",
-        "Columns",
-        "PhotometricInterpretation",
-        "PixelSpacing",
-    ):
+    for keyword in SERIES_KEYWORDS:
         record[keyword] = next(
             (rows[i][keyword] for i in members if rows[i].get(keyword) is not None), None
         )
@@ -419,7 +432,7 @@ def grouping_rows(light: pa.Table, headers: dict[str, str]) -> list[dict]:
     the extract step laid out (``mosaic_tiles`` set) takes that layout as it is, and its
     header is not needed (the batch steps read headers of multi-frame objects only).
     """
-    rows = light.to_pylist()
+    rows = light.select(GROUPING_COLUMNS).to_pylist()
     for i, row in enumerate(rows):
         row["_row"] = i
         laid_out = (row.pop("mosaic_tile_rows"), row.pop("mosaic_tile_columns"))
@@ -504,86 +517,79 @@ SHARD_STREAM_BATCH = 128
 
 
 class _ShardStream:
-    """Rows of one path-sorted shard table (its ``columns``), read a row group at a time."""
+    """Rows of one path-sorted shard table (its ``columns``), taken in order, a batch read
+    at a time.
+    """
 
     def __init__(self, path: str, columns: list[str]):
         parquet = pq.ParquetFile(path)
         self._batches = parquet.iter_batches(batch_size=SHARD_STREAM_BATCH, columns=columns)
-        self.batch: pa.RecordBatch | None = None
-        self.paths: list[str] = []
-        self.pos = 0
-        self.advance()
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered = 0
 
-    def advance(self) -> bool:
-        """Load the next non-empty batch; False when the shard is exhausted."""
-        for batch in self._batches:
-            if batch.num_rows:
-                self.batch, self.paths, self.pos = batch, batch.column("path").to_pylist(), 0
-                return True
-        self.batch = None
-        return False
+    def take(self, n: int) -> pa.Table:
+        """The next ``n`` rows."""
+        while self._buffered < n:
+            batch = next(self._batches)
+            self._buffer.append(batch)
+            self._buffered += batch.num_rows
+        table = pa.Table.from_batches(self._buffer)
+        self._buffer = table.slice(n).to_batches()
+        self._buffered -= n
+        return table.slice(0, n)
+
+
+def merge_order(parts: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Each instance's shard (an index into ``parts``) and path, in path order."""
+    shards, paths = [], []
+    for i, part in enumerate(parts):
+        column = pq.read_table(part, columns=["path"]).column("path").to_pylist()
+        shards += [i] * len(column)
+        paths += column
+    order = sorted(range(len(paths)), key=paths.__getitem__)
+    return np.asarray(shards, dtype=np.int64)[order], [paths[i] for i in order]
 
 
 def write_instances(
     parts: Sequence[str], schema: pa.Schema, keys: dict[str, str], target: str
 ) -> dict[str, list[str]]:
-    """Write instances.parquet in path order by a k-way merge of the path-sorted shards.
+    """Write instances.parquet in path order, merging the path-sorted shards.
 
-    Only a batch of rows per shard is in memory at a time, whatever the study's size;
+    Each row group takes its rows from every shard in turn (a shard's rows of one row
+    group follow each other) and puts them in path order with one ``take``; only a
+    row group and a batch per shard are in memory at a time, whatever the study's size.
     series_key is filled in from ``keys`` (path → key). Returns each series' identifying
     values (:func:`privacy.header_identifiers` of its first instance's header) for the
     batch work lists and the identifiers table, so that neither the sheets nor the review
     page need read a header to keep them out of their text.
     """
     identifiers: dict[str, dict[str, list[str]]] = {}
-    streams = [s for s in (_ShardStream(p, schema.names) for p in parts) if s.batch is not None]
-    heap = [(s.paths[0], i) for i, s in enumerate(streams)]
-    heapq.heapify(heap)
+    shard_of, paths = merge_order(parts)
+    streams = [_ShardStream(p, schema.names) for p in parts]
     key_index = schema.get_field_index("series_key")
     tmp = f"{target}.tmp"
-    pending: list[pa.RecordBatch] = []
     with pq.ParquetWriter(tmp, schema, **table_schema.PARQUET_OPTIONS) as writer:
-
-        def flush(final: bool) -> int:
-            """Write whole row groups from the pending rows (all of them when final)."""
-            table = pa.Table.from_batches(pending, schema=schema)
-            pending.clear()
-            while table.num_rows >= OUTPUT_ROW_GROUP or (final and table.num_rows):
-                chunk = table.slice(0, OUTPUT_ROW_GROUP)
-                chunk_keys = pa.array([keys[p] for p in chunk.column("path").to_pylist()])
-                chunk = chunk.set_column(key_index, "series_key", chunk_keys.cast(pa.string()))
-                first = {}
-                for row, key in enumerate(chunk_keys.to_pylist()):
-                    if key not in identifiers and key not in first:
-                        first[key] = row
-                rows = pa.array(list(first.values()), pa.int64())  # may be empty: typed
-                headers = chunk.column("header_json").take(rows).to_pylist()
-                for key, header in zip(first, headers, strict=True):
-                    identifiers[key] = privacy.header_identifiers(header)
-                # one chunk per column: the writer's pages follow the chunks, and these
-                # follow the shards' batches, so bytes would otherwise depend on sharding
-                writer.write_table(chunk.combine_chunks(), row_group_size=OUTPUT_ROW_GROUP)
-                table = table.slice(chunk.num_rows)
-            pending.extend(table.to_batches())
-            return table.num_rows
-
-        pending_rows = 0
-        while heap:
-            _, i = heapq.heappop(heap)
-            stream = streams[i]
-            limit = heap[0][0] if heap else None
-            start = stream.pos
-            while stream.pos < len(stream.paths) and (
-                limit is None or stream.paths[stream.pos] < limit
-            ):
-                stream.pos += 1
-            pending.append(stream.batch.slice(start, stream.pos - start))
-            pending_rows += stream.pos - start
-            if stream.pos < len(stream.paths) or stream.advance():
-                heapq.heappush(heap, (stream.paths[stream.pos], i))
-            if pending_rows >= OUTPUT_ROW_GROUP:
-                pending_rows = flush(final=False)
-        flush(final=True)
+        for start in range(0, len(paths), OUTPUT_ROW_GROUP):
+            shards = shard_of[start : start + OUTPUT_ROW_GROUP]
+            counts = np.bincount(shards, minlength=len(streams))
+            pieces = [streams[i].take(int(n)) for i, n in enumerate(counts) if n]
+            grouped = np.argsort(shards, kind="stable")  # row of the pieces → row in order
+            in_order = np.empty_like(grouped)
+            in_order[grouped] = np.arange(len(grouped))
+            chunk = pa.concat_tables(pieces).take(pa.array(in_order))
+            chunk_keys = [keys[p] for p in paths[start : start + OUTPUT_ROW_GROUP]]
+            chunk = chunk.set_column(key_index, "series_key", pa.array(chunk_keys, pa.string()))
+            first = {}
+            for row, key in enumerate(chunk_keys):
+                if key not in identifiers and key not in first:
+                    first[key] = row
+            rows = pa.array(list(first.values()), pa.int64())  # may be empty: typed
+            headers = chunk.column("header_json").take(rows).to_pylist()
+            for key, header in zip(first, headers, strict=True):
+                identifiers[key] = privacy.header_identifiers(header)
+            # one chunk per column: the writer's pages follow the chunks, and these
+            # follow the shards' batches, so bytes would otherwise depend on sharding
+            writer.write_table(chunk.combine_chunks(), row_group_size=OUTPUT_ROW_GROUP)
     os.replace(tmp, target)
     return identifiers
 
