@@ -121,11 +121,14 @@ class TestMain:
         self, study, mr_folder, tmp_path, monkeypatch
     ):
         """Row groups of instances.parquet that hold only series already seen (one
-        series of thousands of files does that at the real size, 1,024 rows) are written.
+        series of thousands of files does that at the real size, 1,024 rows) are written,
+        their rows gathered from several shards read a few rows at a time.
         """
         one = run_metadata(study, tmp_path / "one")
         monkeypatch.setattr(merge_metadata, "OUTPUT_ROW_GROUP", 4)
-        small = run_metadata(study, tmp_path / "small")
+        monkeypatch.setattr(merge_metadata, "SHARD_STREAM_BATCH", 3)
+        small = run_metadata(study, tmp_path / "small", files_per_shard=4)
+        assert len(list((tmp_path / "small" / "scan").glob("shard_*.jsonl"))) > 1
         assert pq.ParquetFile(small["paths"]["instances"]).metadata.num_row_groups == 9
         assert small["instances"] == one["instances"]
         assert small["series"] == one["series"]
