@@ -380,46 +380,60 @@ FRAME_GROUP_FIELDS = [
 ]
 
 
+SHARD_FIELD = pa.field("_shard", pa.int32())
+"""The merge's own column of the light instances: the shard a row came from."""
+
 OUTPUT_ROW_GROUP = 1024
 """Rows per row group of instances.parquet: fixed, so bytes do not depend on sharding."""
 
 
 def read_light(parts: Sequence[str], schema: pa.Schema) -> pa.Table:
     """Every shard's instance rows without header_json, with the shards' mosaic layouts
-    (``table_schema.MOSAIC_FIELDS``), sorted by path.
+    (``table_schema.MOSAIC_FIELDS``) and each row's shard (``_shard``, an index into
+    ``parts``), sorted by path.
     """
     shard = table_schema.shard_schema(schema)
     columns = [name for name in shard.names if name != "header_json"]
-    light = shard.remove(shard.get_field_index("header_json"))
+    light = shard.remove(shard.get_field_index("header_json")).append(SHARD_FIELD)
     tables = [pq.read_table(p, columns=columns, schema=shard).select(columns) for p in parts]
+    tables = [
+        t.append_column(SHARD_FIELD, pa.array(np.full(t.num_rows, i, np.int32)))
+        for i, t in enumerate(tables)
+    ]
     table = pa.concat_tables(tables) if tables else light.empty_table()
     return table.sort_by("path")
 
 
-def multi_frame_headers(parts: Sequence[str], schema: pa.Schema) -> dict[str, str]:
-    """header_json of multi-frame instances and of mosaics the extract step did not lay
-    out (their per-frame geometry lives there), by path. A shard without either is not
-    read further: decompressing its header_json column is most of what reading it costs.
+def headers_where(parts: Sequence[str], light: pa.Table, wanted, schema: pa.Schema) -> dict:
+    """header_json by path of the ``light`` rows where ``wanted`` (a boolean array) holds.
+    A shard without such a row is not read: decompressing its header_json column is most
+    of what reading it costs.
     """
+    chosen = light.filter(wanted)
+    paths, shards = chosen.column("path").to_pylist(), chosen.column(SHARD_FIELD.name).to_pylist()
     headers: dict[str, str] = {}
-    shard = table_schema.shard_schema(schema)
-    for part in parts:
-        columns = ["path", "NumberOfFrames", "ImageType", "mosaic_tiles"]
-        frames = pq.read_table(part, columns=columns, schema=shard)
-        multi = pc.greater(pc.fill_null(frames.column("NumberOfFrames"), 1), 1)
-        image_type = pc.list_flatten(frames.column("ImageType"))
-        if pc.any(pc.equal(pc.utf8_upper(image_type), "MOSAIC")).as_py():
-            types = frames.column("ImageType").to_pylist()
-            laid_out = frames.column("mosaic_tiles").to_pylist()
-            mosaic = [
-                multiframe.is_mosaic(t) and n is None for t, n in zip(types, laid_out, strict=True)
-            ]
-            multi = pc.or_(multi, pa.array(mosaic))
-        if not pc.any(multi).as_py():
-            continue
-        table = pq.read_table(part, columns=["path", "header_json"], schema=schema).filter(multi)
+    for i in sorted(set(shards)):
+        keep = pa.array([p for p, s in zip(paths, shards, strict=True) if s == i], pa.string())
+        table = pq.read_table(parts[i], columns=["path", "header_json"], schema=schema)
+        table = table.filter(pc.is_in(table.column("path"), value_set=keep))
         headers.update(zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True))
     return headers
+
+
+def multi_frame_headers(parts: Sequence[str], light: pa.Table, schema: pa.Schema) -> dict:
+    """header_json of multi-frame instances and of mosaics the extract step did not lay
+    out (their per-frame geometry lives there), by path.
+    """
+    multi = pc.greater(pc.fill_null(light.column("NumberOfFrames"), 1), 1)
+    image_type = pc.list_flatten(light.column("ImageType"))
+    if pc.any(pc.equal(pc.utf8_upper(image_type), "MOSAIC")).as_py():
+        types = light.column("ImageType").to_pylist()
+        laid_out = light.column("mosaic_tiles").to_pylist()
+        mosaic = [
+            multiframe.is_mosaic(t) and n is None for t, n in zip(types, laid_out, strict=True)
+        ]
+        multi = pc.or_(multi, pa.array(mosaic))
+    return headers_where(parts, light, multi, schema)
 
 
 def grouping_rows(light: pa.Table, headers: dict[str, str]) -> list[dict]:
@@ -539,37 +553,27 @@ class _ShardStream:
         return table.slice(0, n)
 
 
-def merge_order(parts: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-    """Each instance's shard (an index into ``parts``) and path, in path order."""
-    shards, paths = [], []
-    for i, part in enumerate(parts):
-        column = pq.read_table(part, columns=["path"]).column("path").to_pylist()
-        shards += [i] * len(column)
-        paths += column
-    order = sorted(range(len(paths)), key=paths.__getitem__)
-    return np.asarray(shards, dtype=np.int64)[order], [paths[i] for i in order]
-
-
 def write_instances(
-    parts: Sequence[str], schema: pa.Schema, keys: dict[str, str], target: str
+    parts: Sequence[str], schema: pa.Schema, light: pa.Table, target: str
 ) -> dict[str, list[str]]:
     """Write instances.parquet in path order, merging the path-sorted shards.
 
     Each row group takes its rows from every shard in turn (a shard's rows of one row
     group follow each other) and puts them in path order with one ``take``; only a
     row group and a batch per shard are in memory at a time, whatever the study's size.
-    series_key is filled in from ``keys`` (path → key). Returns each series' identifying
-    values (:func:`privacy.header_identifiers` of its first instance's header) for the
-    batch work lists and the identifiers table, so that neither the sheets nor the review
-    page need read a header to keep them out of their text.
+    series_key and each row's shard come from ``light`` (:func:`merge_tables`). Returns
+    each series' identifying values (:func:`privacy.header_identifiers` of its first
+    instance's header) for the batch work lists and the identifiers table, so that neither
+    the sheets nor the review page need read a header to keep them out of their text.
     """
     identifiers: dict[str, dict[str, list[str]]] = {}
-    shard_of, paths = merge_order(parts)
+    shard_of = light.column(SHARD_FIELD.name).to_numpy()
+    keys = light.column("series_key").to_pylist()
     streams = [_ShardStream(p, schema.names) for p in parts]
     key_index = schema.get_field_index("series_key")
     tmp = f"{target}.tmp"
     with pq.ParquetWriter(tmp, schema, **table_schema.PARQUET_OPTIONS) as writer:
-        for start in range(0, len(paths), OUTPUT_ROW_GROUP):
+        for start in range(0, len(keys), OUTPUT_ROW_GROUP):
             shards = shard_of[start : start + OUTPUT_ROW_GROUP]
             counts = np.bincount(shards, minlength=len(streams))
             pieces = [streams[i].take(int(n)) for i, n in enumerate(counts) if n]
@@ -577,7 +581,7 @@ def write_instances(
             in_order = np.empty_like(grouped)
             in_order[grouped] = np.arange(len(grouped))
             chunk = pa.concat_tables(pieces).take(pa.array(in_order))
-            chunk_keys = [keys[p] for p in paths[start : start + OUTPUT_ROW_GROUP]]
+            chunk_keys = keys[start : start + OUTPUT_ROW_GROUP]
             chunk = chunk.set_column(key_index, "series_key", pa.array(chunk_keys, pa.string()))
             first = {}
             for row, key in enumerate(chunk_keys):
@@ -611,15 +615,14 @@ def parts_schema(instance_parts: Sequence[str], extra_keywords=()) -> pa.Schema:
 
 
 def merge_tables(instance_parts, error_parts, extra_keywords=(), series_per_batch: int = 8):
-    """Group instances into series: ``(light instances, grouping rows, series, errors,
-    keys by path)``.
+    """Group instances into series: ``(light instances, grouping rows, series, errors)``.
 
     ``light instances`` has every column but header_json (multi-frame headers are in the
     grouping rows); the full table is written by :func:`write_instances`.
     """
     schema = parts_schema(instance_parts, extra_keywords)
     light = read_light(instance_parts, schema)
-    headers = multi_frame_headers(instance_parts, schema)
+    headers = multi_frame_headers(instance_parts, light, schema)
     rows = grouping_rows(light, headers)
     records, keys = build_series(rows, series_per_batch)
     instance_keys: list[str | None] = [None] * light.num_rows
@@ -634,8 +637,7 @@ def merge_tables(instance_parts, error_parts, extra_keywords=(), series_per_batc
     )
     errors = table_schema.sorted_errors(read_parts(error_parts, table_schema.ERRORS_SCHEMA))
     series = table_schema.table_from_rows(records, SERIES_SCHEMA)
-    key_by_path = dict(zip(light.column("path").to_pylist(), instance_keys, strict=True))
-    return light, rows, series, errors, key_by_path
+    return light, rows, series, errors
 
 
 def read_stamps(shard_lists: Sequence[str]) -> dict[str, str]:
@@ -711,17 +713,10 @@ def batch_tables(
     return out
 
 
-def segmentation_headers(parts: Sequence[str], schema: pa.Schema) -> dict[str, str]:
+def segmentation_headers(parts: Sequence[str], light: pa.Table, schema: pa.Schema) -> dict:
     """header_json of every SEG instance, by path (single-frame SEGs included)."""
-    headers: dict[str, str] = {}
-    for part in parts:
-        modality = pq.read_table(part, columns=["path", "Modality"], schema=schema)
-        seg = pc.fill_null(pc.equal(modality.column("Modality"), "SEG"), False)
-        if not pc.any(seg).as_py():
-            continue
-        table = pq.read_table(part, columns=["path", "header_json"], schema=schema).filter(seg)
-        headers.update(zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True))
-    return headers
+    seg = pc.fill_null(pc.equal(light.column("Modality"), "SEG"), False)
+    return headers_where(parts, light, seg, schema)
 
 
 def _seg_identity(series_uid: str | None, key: str) -> str:
@@ -876,19 +871,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Merge the shard tables and write the metadata tables (and batch work lists)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    light, rows, series, errors, keys = merge_tables(
+    light, rows, series, errors = merge_tables(
         args.instance_parts, args.error_parts, args.keyword, args.series_per_batch
     )
     os.makedirs(os.path.dirname(os.path.abspath(args.instances)), exist_ok=True)
     schema = parts_schema(args.instance_parts, args.keyword)
-    identifiers = write_instances(args.instance_parts, schema, keys, args.instances)
+    identifiers = write_instances(args.instance_parts, schema, light, args.instances)
     table_schema.write_table(series, args.series)
     table_schema.write_table(errors, args.errors)
     if args.identifiers:
         table_schema.write_table(identifiers_table(identifiers), args.identifiers)
     if args.batch_dir:
         stamps = read_stamps(args.shard_lists) if args.shard_lists is not None else None
-        seg_headers = segmentation_headers(args.instance_parts, schema)
+        seg_headers = segmentation_headers(args.instance_parts, light, schema)
         patient = {key: found["patient"] for key, found in identifiers.items()}
         write_batches(light, rows, series, args.batch_dir, stamps, patient, seg_headers)
     log.info(

@@ -8,6 +8,7 @@ whole volume into one image; its slices and their positions come from the CSA he
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -283,8 +284,6 @@ def mosaic_columns(row: dict) -> dict:
         return {}
     if row.get("ImageOrientationPatient") is None or row.get("PixelSpacing") is None:
         return {}
-    import json
-
     try:
         ds = mosaic_dataset(json.loads(row["header_json"]))
         geometry.frame_positions(ds)  # the merge's path: if this fails, so does its layout
